@@ -1,0 +1,86 @@
+"""The one exception tree of LOPInfer.
+
+Every error the library raises on purpose derives from :class:`LopInferError`, so a
+caller can catch the family with one clause. Errors from libraries (torch.export,
+asyncio, aiohttp, lz4, ...) are mapped at the boundary (``raise X(...) from exc``) and
+never leak out raw. Messages are one line and name the cause.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LopInferError",
+    "CaptureError",
+    "UnsupportedModelError",
+    "InputError",
+    "PlanError",
+    "TransportError",
+    "ConnectError",
+    "ConnectionClosedError",
+    "TransportTimeoutError",
+    "ProtocolError",
+    "AuthError",
+    "RemoteError",
+    "MissingDependencyError",
+]
+
+
+class LopInferError(Exception):
+    """Base of every error LOPInfer raises on purpose."""
+
+
+class CaptureError(LopInferError):
+    """The model could not be captured by ``torch.export`` (names construct and module path)."""
+
+
+class UnsupportedModelError(LopInferError):
+    """The model was captured but cannot be run by LOPInfer (e.g. no floating-point tensors)."""
+
+
+class InputError(LopInferError, ValueError):
+    """Inputs do not match what the model was captured with (count, shape, dtype)."""
+
+
+class PlanError(LopInferError):
+    """A plan is invalid for its graph (names the offending node)."""
+
+
+class TransportError(LopInferError):
+    """A transport failed: the link or the peer is gone or unusable."""
+
+
+class ConnectError(TransportError):
+    """Could not connect to, or listen on, the given address."""
+
+
+class ConnectionClosedError(TransportError):
+    """The peer closed the connection, or it broke (possibly mid-frame)."""
+
+
+class TransportTimeoutError(TransportError, TimeoutError):
+    """A wait on the peer ran past its timeout."""
+
+
+class ProtocolError(LopInferError):
+    """Bytes from the peer do not form a valid frame or message."""
+
+
+class AuthError(LopInferError):
+    """The server refused the client's token."""
+
+
+class RemoteError(LopInferError):
+    """The peer reported an error while serving a request."""
+
+
+class MissingDependencyError(LopInferError, ImportError):
+    """An optional package is needed; the message says which extra installs it."""
+
+    def __init__(self, package: str, extra: str, purpose: str = "") -> None:
+        what = f" for {purpose}" if purpose else ""
+        super().__init__(
+            f"the optional package {package!r} is needed{what}: "
+            f"pip install 'lopinfer[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
