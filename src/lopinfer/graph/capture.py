@@ -1,0 +1,284 @@
+"""Capture: ``torch.export`` (non-strict) -> core ATen -> the project's Graph IR."""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CaptureError, InputError, UnsupportedModelError
+from .ir import Graph, Node, Ref, TensorMeta
+
+__all__ = ["capture", "PRESERVED_OPS"]
+
+log = logging.getLogger("lopinfer.graph")
+
+# Composite ops kept whole instead of being lowered to core ATen: each has a locality
+# rule, while its decomposition would be an index/gather pattern (pads, upsampling) that
+# only a global rule could take, or many pointwise nodes (activations, linear) that cost
+# executor overhead for nothing.
+PRESERVED_OPS = (
+    "linear.default",
+    "layer_norm.default",
+    "hardswish.default",
+    "hardsigmoid.default",
+    "silu.default",
+    "mish.default",
+    "relu6.default",
+    "reflection_pad1d.default",
+    "reflection_pad2d.default",
+    "reflection_pad3d.default",
+    "replication_pad1d.default",
+    "replication_pad2d.default",
+    "replication_pad3d.default",
+    "upsample_nearest1d.vec",
+    "upsample_nearest2d.vec",
+    "upsample_nearest3d.vec",
+    "upsample_nearest1d.default",
+    "upsample_nearest2d.default",
+    "upsample_nearest3d.default",
+    "_upsample_nearest_exact1d.vec",
+    "_upsample_nearest_exact2d.vec",
+    "_upsample_nearest_exact3d.vec",
+    "upsample_linear1d.vec",
+    "upsample_linear1d.default",
+    "upsample_trilinear3d.vec",
+)
+
+
+def _decomp_table() -> Any:
+    table = torch.export.default_decompositions()
+    for name in PRESERVED_OPS:
+        op_name, overload = name.rsplit(".", 1)
+        packet = getattr(torch.ops.aten, op_name, None)
+        op = getattr(packet, overload, None) if packet is not None else None
+        if op is not None:
+            table.pop(op, None)
+    return table
+
+
+class _ModuleTracker:
+    """Forward hooks that remember which submodule was running when export failed."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stack: list[str] = []
+        self.failed_in: str | None = None
+        self.handles = []
+        for path, module in model.named_modules():
+            label = f"{path or '<root>'} ({type(module).__name__})"
+            self.handles.append(module.register_forward_pre_hook(self._enter(label)))
+            self.handles.append(module.register_forward_hook(self._leave))
+
+    def _enter(self, label: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            self.stack.append(label)
+
+        return hook
+
+    def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.stack:
+            self.stack.pop()
+
+    def close(self) -> None:
+        if self.stack and self.failed_in is None:
+            self.failed_in = self.stack[-1]
+        for h in self.handles:
+            h.remove()
+
+
+def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, Sequence) or not example_inputs:
+        raise InputError(
+            f"example_inputs must be a tensor or a non-empty tuple of tensors, "
+            f"got {type(example_inputs).__name__}"
+        )
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"example input {i} is a {type(x).__name__}, not a torch.Tensor")
+    return tuple(example_inputs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def capture(model: nn.Module, example_inputs: Any, *, name: str | None = None) -> Graph:
+    """Capture ``model`` on ``example_inputs`` and analyse the locality of every node.
+
+    Args:
+        model: an ``nn.Module`` in eval mode.
+        example_inputs: a tensor or a tuple of tensors with the shapes of later calls.
+        name: a name for the graph (defaults to the model's class name).
+
+    Raises:
+        CaptureError: not a module, training mode, or ``torch.export`` failed (the
+            message names the failing construct and the module path).
+        InputError: example inputs are not tensors.
+        UnsupportedModelError: no floating-point input or output to tile.
+    """
+    from .locality import analyse
+
+    if not isinstance(model, nn.Module):
+        raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise CaptureError(
+            f"{type(model).__name__} is in training mode; call model.eval() before capture"
+        )
+    args = _as_tuple(example_inputs)
+    if not any(x.is_floating_point() for x in args):
+        raise UnsupportedModelError(
+            "no floating-point input: LOPInfer tiles floating-point feature maps "
+            f"(inputs are {', '.join(str(x.dtype) for x in args)})"
+        )
+    tracker = _ModuleTracker(model)
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(model, args, strict=False)
+    except Exception as exc:  # torch.export raises many types; map them all
+        tracker.close()
+        where = tracker.failed_in or type(model).__name__
+        raise CaptureError(
+            f"torch.export failed in {where}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    tracker.close()
+    try:
+        ep = ep.run_decompositions(_decomp_table())
+    except Exception as exc:
+        raise CaptureError(f"lowering to core ATen failed: {_first_line(exc)}") from exc
+    graph = _to_ir(ep, name or type(model).__name__)
+    analyse(graph)
+    return graph
+
+
+def _target_name(target: Any) -> str:
+    schema = getattr(target, "_schema", None)
+    if schema is None or not schema.name.startswith("aten::"):
+        raise CaptureError(f"unsupported construct in the exported graph: {target}")
+    overload = target._overloadname
+    return f"aten.{schema.name[len('aten::'):]}.{overload}"
+
+
+def _meta(val: Any, what: str) -> TensorMeta:
+    if not isinstance(val, torch.Tensor):
+        raise CaptureError(f"{what} does not produce a tensor ({type(val).__name__})")
+    shape = []
+    for s in val.shape:
+        if not isinstance(s, int):
+            raise CaptureError(f"{what} has a dynamic shape; LOPInfer needs static shapes")
+        shape.append(s)
+    return TensorMeta(tuple(shape), val.dtype)
+
+
+def _module_path(fx_node: Any) -> str:
+    stack = fx_node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, cls = list(stack.values())[-1]
+    cls_name = cls.rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", "")
+    return f"{path} ({cls_name})" if path else cls_name
+
+
+def _to_ir(ep: Any, name: str) -> Graph:
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    sig = ep.graph_signature
+    state = ep.state_dict
+    constants = getattr(ep, "constants", {})
+    inputs: dict[str, TensorMeta] = {}
+    params: dict[str, torch.Tensor] = {}
+    kinds = {spec.arg.name: spec for spec in sig.input_specs}
+    for spec in sig.output_specs:
+        if spec.kind != OutputKind.USER_OUTPUT:
+            raise CaptureError(f"the model mutates state ({spec.kind.name}); not supported")
+
+    nodes: list[Node] = []
+    names: dict[Any, str] = {}  # fx node -> IR value name
+    multi: dict[Any, Any] = {}  # fx node returning a tuple -> itself (unfolded)
+    for fx in ep.graph.nodes:
+        if fx.op == "placeholder":
+            spec = kinds[fx.name]
+            if spec.kind == InputKind.USER_INPUT:
+                inputs[fx.name] = _meta(fx.meta.get("val"), f"input {fx.name}")
+            elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+                params[fx.name] = state[spec.target].detach()
+            elif spec.kind == InputKind.CONSTANT_TENSOR:
+                params[fx.name] = constants[spec.target].detach()
+            else:
+                raise CaptureError(f"unsupported graph input {fx.name} ({spec.kind.name})")
+            names[fx] = fx.name
+        elif fx.op == "call_function":
+            if fx.target is operator.getitem:
+                src, idx = fx.args
+                if src not in multi:
+                    raise CaptureError(f"unsupported getitem on {src.name}")
+                nodes.append(_call_node(multi[src], fx, names, index=idx))
+                names[fx] = fx.name
+                continue
+            val = fx.meta.get("val")
+            if isinstance(val, (tuple, list)):
+                multi[fx] = fx  # materialised per used element, at its getitem
+                continue
+            nodes.append(_call_node(fx, fx, names, index=None))
+            names[fx] = fx.name
+        elif fx.op == "output":
+            outs = fx.args[0]
+            outputs = []
+            for o in outs:
+                if not hasattr(o, "op") or o not in names:
+                    raise CaptureError(f"unsupported model output {o!r}: outputs must be tensors")
+                outputs.append(names[o])
+        else:
+            raise CaptureError(f"unsupported construct {fx.op} {fx.target}")
+
+    out_spec = None
+    try:
+        from torch.utils._pytree import treespec_dumps
+
+        out_spec = treespec_dumps(ep.call_spec.out_spec)
+    except Exception:  # an exotic output container: outputs come back as a flat tuple
+        log.debug("output pytree spec not serialisable; outputs will be a flat tuple")
+    graph = Graph(inputs, params, nodes, outputs, out_spec=out_spec, name=name)
+    return _dead_code_eliminated(graph)
+
+
+def _call_node(fx: Any, named_by: Any, names: dict[Any, str], index: int | None) -> Node:
+    target = _target_name(fx.target)
+
+    def conv(v: Any) -> Any:
+        if hasattr(v, "op") and hasattr(v, "meta"):  # an fx.Node
+            if v not in names:
+                raise CaptureError(f"{named_by.name} reads {v.name}, a tuple value")
+            return Ref(names[v])
+        if isinstance(v, (list, tuple)):
+            return type(v)(conv(x) for x in v)
+        if isinstance(v, torch.SymInt):
+            raise CaptureError(f"{named_by.name} has a dynamic argument")
+        return v
+
+    return Node(
+        name=named_by.name,
+        target=target,
+        args=tuple(conv(a) for a in fx.args),
+        kwargs={k: conv(v) for k, v in fx.kwargs.items()},
+        meta=_meta(named_by.meta.get("val"), f"node {named_by.name} ({target})"),
+        index=index,
+        module_path=_module_path(fx),
+    )
+
+
+def _dead_code_eliminated(graph: Graph) -> Graph:
+    live = set(graph.outputs)
+    for node in reversed(graph.nodes):
+        if node.name in live:
+            live.update(node.refs())
+    nodes = [n for n in graph.nodes if n.name in live]
+    params = {k: v for k, v in graph.params.items() if k in live}
+    return Graph(graph.inputs, params, nodes, graph.outputs, out_spec=graph.out_spec,
+                 name=graph.name)

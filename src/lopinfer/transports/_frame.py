@@ -1,0 +1,420 @@
+"""Wire codec: the fixed, versioned frame header and tensors as raw bytes behind it.
+
+Every frame on every transport is ``preamble + meta + payload``::
+
+    preamble  <4sBBHIQ  magic b"LOPI", version, type (tensor|control), flags,
+                        meta length, payload length                      (20 bytes)
+    tensor meta         kind u16, dtype u8, ndim u8, dim i8, 3 reserved bytes,
+                        app flags u32, session/inference/tensor ids u64,
+                        row_start/row_stop i64, raw length u64, send time ns i64,
+                        shape ndim x u64, layout permutation ndim x u8
+    control meta        raw length u64, send time ns i64
+    payload             tensor bytes (dense, in layout order) or a msgpack control
+                        message; LZ4-compressed block when flags has FLAG_LZ4
+
+Nothing in a header is trusted: every field is checked against the others and
+against :class:`Limits` before a byte of payload is allocated, and every failure is
+a :class:`~lopinfer.errors.ProtocolError`. Tensors are decoded as views of the
+received buffer (no extra copy); a channels_last or otherwise permuted dense tensor
+travels in its own memory order and comes back with the same strides.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+from ..errors import InputError, ProtocolError
+
+MAGIC = b"LOPI"
+VERSION = 1
+TYPE_TENSOR = 1
+TYPE_CONTROL = 2
+FLAG_LZ4 = 0x0001
+_KNOWN_FLAGS = FLAG_LZ4
+
+PREAMBLE = struct.Struct("<4sBBHIQ")
+TENSOR_META = struct.Struct("<HBBb3sIQQQqqQq")
+CONTROL_META = struct.Struct("<Qq")
+_ZERO3 = b"\0\0\0"
+_U64 = 1 << 64
+_MAX_NDIM_HARD = 32
+_MAX_DIM_EXTENT = 1 << 62
+
+# Wire code <-> dtype. Codes are part of the protocol: never renumber, only append.
+_DTYPE_NAMES = [
+    (1, "float32"), (2, "float64"), (3, "float16"), (4, "bfloat16"),
+    (5, "complex64"), (6, "complex128"), (7, "complex32"),
+    (8, "uint8"), (9, "int8"), (10, "int16"), (11, "int32"), (12, "int64"), (13, "bool"),
+    (14, "uint16"), (15, "uint32"), (16, "uint64"),
+    (17, "float8_e4m3fn"), (18, "float8_e5m2"), (19, "float8_e4m3fnuz"),
+    (20, "float8_e5m2fnuz"), (21, "float8_e8m0fnu"),
+]  # fmt: skip
+CODE_TO_DTYPE: dict[int, torch.dtype] = {
+    code: getattr(torch, name) for code, name in _DTYPE_NAMES if hasattr(torch, name)
+}
+DTYPE_TO_CODE: dict[torch.dtype, int] = {dt: code for code, dt in CODE_TO_DTYPE.items()}
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(CODE_TO_DTYPE.values())
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a receiver accepts from its peer; anything larger is a ``ProtocolError``.
+
+    Args:
+        max_frame_size: largest uncompressed tensor payload, in bytes.
+        max_message_size: largest uncompressed control message, in bytes.
+        max_ndim: most dimensions a tensor header may declare.
+    """
+
+    max_frame_size: int = 1 << 30
+    max_message_size: int = 64 << 20
+    max_ndim: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_ndim <= _MAX_NDIM_HARD:
+            raise InputError(f"max_ndim must be in [0, {_MAX_NDIM_HARD}], got {self.max_ndim}")
+        if self.max_frame_size < 0 or self.max_message_size < 0:
+            raise InputError("max_frame_size and max_message_size must be >= 0")
+
+    @property
+    def max_header_size(self) -> int:
+        return PREAMBLE.size + TENSOR_META.size + 9 * self.max_ndim
+
+
+def lz4_bound(n: int) -> int:
+    """Largest LZ4 block output for ``n`` input bytes (LZ4_COMPRESSBOUND)."""
+    return n + n // 255 + 16
+
+
+@dataclass(kw_only=True, slots=True, eq=False)
+class Frame:
+    """A tensor (or a row tile of one) with the ids that say where it belongs.
+
+    Args:
+        tensor: the data; any CPU (or other device, moved to CPU to send) dense or
+            strided tensor of a supported dtype. Received frames own their memory.
+        kind: application-defined frame kind (0..65535).
+        session_id, inference_id, tensor_id: application ids (0..2**64-1).
+        dim: the tiled dimension, ``-1`` when the frame is not a tile.
+        row_start, row_stop: the rows ``[row_start, row_stop)`` of the full tensor
+            along ``dim`` that this tile holds (``tensor.shape[dim]`` rows); both 0
+            when ``dim == -1``.
+        flags: application flags (0..2**32-1), carried verbatim.
+    """
+
+    tensor: torch.Tensor
+    kind: int = 0
+    session_id: int = 0
+    inference_id: int = 0
+    tensor_id: int = 0
+    dim: int = -1
+    row_start: int = 0
+    row_stop: int = 0
+    flags: int = 0
+
+    def __repr__(self) -> str:
+        t = self.tensor
+        rows = f", dim={self.dim}, rows=[{self.row_start}, {self.row_stop})" if self.dim >= 0 else ""
+        return (
+            f"Frame(kind={self.kind}, session={self.session_id}, inference={self.inference_id}, "
+            f"tensor={self.tensor_id}{rows}, flags={self.flags:#x}, "
+            f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)})"
+        )
+
+
+class Preamble(NamedTuple):
+    type: int
+    flags: int
+    meta_len: int
+    payload_len: int
+
+    @property
+    def header_len(self) -> int:
+        return PREAMBLE.size + self.meta_len
+
+
+class TensorHeader(NamedTuple):
+    flags: int  # wire flags
+    kind: int
+    dtype: torch.dtype
+    dim: int
+    app_flags: int
+    session_id: int
+    inference_id: int
+    tensor_id: int
+    row_start: int
+    row_stop: int
+    raw_len: int
+    send_time_ns: int
+    shape: tuple[int, ...]
+    perm: tuple[int, ...]
+
+
+class ControlHeader(NamedTuple):
+    flags: int
+    raw_len: int
+    send_time_ns: int
+
+
+@dataclass(slots=True)
+class PreparedTensor:
+    """A tensor validated for sending: header fields plus the (maybe deferred) bytes."""
+
+    frame: Frame
+    code: int
+    shape: tuple[int, ...]
+    perm: tuple[int, ...]
+    needs_copy: bool
+    nbytes: int
+    payload: Any = field(default=None)  # memoryview once materialised
+
+    def materialise(self) -> memoryview:
+        """Produce the payload bytes (may copy a strided tensor: call off the loop when big)."""
+        if self.payload is None:
+            t = self.frame.tensor.detach()
+            if t.device.type != "cpu":
+                t = t.cpu()
+            if t.is_conj():
+                t = t.resolve_conj()
+            if t.is_neg():
+                t = t.resolve_neg()
+            if self.needs_copy:
+                t = t.contiguous()
+            flat = t.permute(self.perm).reshape(-1) if t.dim() else t.reshape(-1)
+            u8 = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
+            # numpy() is the zero-copy route to a buffer; uint8 is always supported
+            self.payload = memoryview(u8.numpy()) if self.nbytes else memoryview(b"")
+        return self.payload
+
+
+def _check_uint(value: Any, bits: int, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << bits):
+        raise InputError(f"Frame.{name} must be an int in [0, 2**{bits}), got {value!r}")
+    return value
+
+
+def prepare_tensor(frame: Frame, limits: Limits) -> PreparedTensor:
+    """Validate ``frame`` for sending and plan its layout; cheap, never copies data.
+
+    Raises:
+        InputError: unsupported dtype or layout, ids out of range, inconsistent rows.
+    """
+    t = frame.tensor
+    if not isinstance(t, torch.Tensor):
+        raise InputError(f"Frame.tensor must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided or t.is_quantized or t.is_nested:
+        raise InputError(f"only dense strided tensors can be sent, got layout {t.layout}")
+    code = DTYPE_TO_CODE.get(t.dtype)
+    if code is None:
+        raise InputError(f"dtype {t.dtype} cannot be sent; supported: {sorted(map(str, SUPPORTED_DTYPES))}")
+    nd = t.dim()
+    if nd > limits.max_ndim:
+        raise InputError(f"tensor has {nd} dims, more than max_ndim={limits.max_ndim}")
+    _check_uint(frame.kind, 16, "kind")
+    _check_uint(frame.flags, 32, "flags")
+    for name in ("session_id", "inference_id", "tensor_id"):
+        _check_uint(getattr(frame, name), 64, name)
+    shape = tuple(t.shape)
+    _check_rows(frame.dim, frame.row_start, frame.row_stop, shape, InputError)
+    nbytes = t.numel() * t.element_size()
+    if nbytes > limits.max_frame_size:
+        raise InputError(f"tensor of {nbytes} bytes exceeds max_frame_size={limits.max_frame_size}")
+    perm, needs_copy = _layout(t)
+    return PreparedTensor(frame, code, shape, perm, needs_copy, nbytes)
+
+
+def _layout(t: torch.Tensor) -> tuple[tuple[int, ...], bool]:
+    """Dense layouts (contiguous, channels_last, transposes) travel as-is, in memory order."""
+    nd = t.dim()
+    ident = tuple(range(nd))
+    if t.is_contiguous() or t.numel() <= 1:
+        return ident, False
+    strides = t.stride()
+    perm = tuple(sorted(range(nd), key=lambda d: (-strides[d], d)))
+    if t.permute(perm).is_contiguous():
+        return perm, False
+    return ident, True
+
+
+def _check_rows(dim: Any, start: Any, stop: Any, shape: tuple[int, ...], exc: type[Exception]) -> None:
+    for name, v in (("dim", dim), ("row_start", start), ("row_stop", stop)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise exc(f"{name} must be an int, got {v!r}")
+    if dim == -1:
+        if start != 0 or stop != 0:
+            raise exc(f"row range [{start}, {stop}) given without a tiled dim (dim=-1)")
+        return
+    if not 0 <= dim < len(shape):
+        raise exc(f"tiled dim {dim} out of range for a {len(shape)}-d tensor")
+    if not 0 <= start <= stop or stop - start != shape[dim]:
+        raise exc(
+            f"row range [{start}, {stop}) does not match {shape[dim]} rows along dim {dim}"
+        )
+
+
+def tensor_header(p: PreparedTensor, *, flags: int, payload_len: int) -> bytes:
+    """Pack the header of a prepared tensor whose payload is ``payload_len`` bytes on the wire."""
+    f = p.frame
+    nd = len(p.shape)
+    meta_len = TENSOR_META.size + 9 * nd
+    return b"".join((
+        PREAMBLE.pack(MAGIC, VERSION, TYPE_TENSOR, flags, meta_len, payload_len),
+        TENSOR_META.pack(
+            f.kind, p.code, nd, f.dim, _ZERO3, f.flags, f.session_id, f.inference_id,
+            f.tensor_id, f.row_start, f.row_stop, p.nbytes, time.time_ns(),
+        ),
+        struct.pack(f"<{nd}Q", *p.shape),
+        bytes(p.perm),
+    ))  # fmt: skip
+
+
+def control_header(*, flags: int, raw_len: int, payload_len: int) -> bytes:
+    return PREAMBLE.pack(
+        MAGIC, VERSION, TYPE_CONTROL, flags, CONTROL_META.size, payload_len
+    ) + CONTROL_META.pack(raw_len, time.time_ns())
+
+
+def parse_preamble(buf: Any, limits: Limits) -> Preamble:
+    """Check the fixed 20-byte start of a frame; stream transports use it to find frame ends.
+
+    Raises:
+        ProtocolError: bad magic or version, unknown type or flags, sizes over the limits.
+    """
+    if len(buf) < PREAMBLE.size:
+        raise ProtocolError(f"truncated frame: {len(buf)} bytes, a header needs {PREAMBLE.size}")
+    magic, version, ftype, flags, meta_len, payload_len = PREAMBLE.unpack_from(buf)
+    if magic != MAGIC:
+        raise ProtocolError(f"not a LOPInfer frame (magic {bytes(magic)!r}, expected {MAGIC!r})")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported frame version {version} (this side speaks {VERSION})")
+    if flags & ~_KNOWN_FLAGS:
+        raise ProtocolError(f"unknown frame flags {flags:#06x}")
+    if ftype == TYPE_TENSOR:
+        lo, hi = TENSOR_META.size, TENSOR_META.size + 9 * limits.max_ndim
+        cap = limits.max_frame_size
+    elif ftype == TYPE_CONTROL:
+        lo = hi = CONTROL_META.size
+        cap = limits.max_message_size
+    else:
+        raise ProtocolError(f"unknown frame type {ftype}")
+    if not lo <= meta_len <= hi or (ftype == TYPE_TENSOR and (meta_len - lo) % 9):
+        raise ProtocolError(f"bad header length {meta_len} for frame type {ftype}")
+    if payload_len > (lz4_bound(cap) if flags & FLAG_LZ4 else cap):
+        raise ProtocolError(f"frame payload of {payload_len} bytes exceeds the limit of {cap}")
+    return Preamble(ftype, flags, meta_len, payload_len)
+
+
+def parse_header(buf: Any, limits: Limits) -> tuple[Preamble, TensorHeader | ControlHeader]:
+    """Parse and cross-check a whole header (preamble + meta); ``buf`` may be longer.
+
+    Raises:
+        ProtocolError: anything inconsistent (dtype, shape, lengths, rows, layout).
+    """
+    pre = parse_preamble(buf, limits)
+    if len(buf) < pre.header_len:
+        raise ProtocolError(f"truncated header: {len(buf)} of {pre.header_len} bytes")
+    compressed = bool(pre.flags & FLAG_LZ4)
+    off = PREAMBLE.size
+    if pre.type == TYPE_CONTROL:
+        raw_len, sent = CONTROL_META.unpack_from(buf, off)
+        _check_lengths(raw_len, pre.payload_len, compressed, limits.max_message_size)
+        return pre, ControlHeader(pre.flags, raw_len, sent)
+    (kind, code, nd, dim, reserved, app_flags, sid, iid, tid,
+     start, stop, raw_len, sent) = TENSOR_META.unpack_from(buf, off)  # fmt: skip
+    if reserved != _ZERO3:
+        raise ProtocolError("reserved tensor header bytes are not zero")
+    if pre.meta_len != TENSOR_META.size + 9 * nd:
+        raise ProtocolError(f"header length {pre.meta_len} does not match ndim={nd}")
+    dtype = CODE_TO_DTYPE.get(code)
+    if dtype is None:
+        raise ProtocolError(f"unknown dtype code {code}")
+    off += TENSOR_META.size
+    shape = struct.unpack_from(f"<{nd}Q", buf, off)
+    perm = tuple(bytes(buf[off + 8 * nd : off + 9 * nd]))
+    if sorted(perm) != list(range(nd)):
+        raise ProtocolError(f"layout {perm} is not a permutation of {nd} dims")
+    numel = 1
+    for extent in shape:
+        if extent > _MAX_DIM_EXTENT:
+            raise ProtocolError(f"shape {shape} has an absurd extent")
+        numel *= extent
+    itemsize = _ITEMSIZE[dtype]
+    if numel * itemsize != raw_len:
+        raise ProtocolError(
+            f"payload of {raw_len} bytes does not hold {dtype}{list(shape)} ({numel * itemsize} bytes)"
+        )
+    _check_lengths(raw_len, pre.payload_len, compressed, limits.max_frame_size)
+    try:
+        _check_rows(dim, start, stop, shape, ProtocolError)
+    except ProtocolError as exc:
+        raise ProtocolError(f"bad tile header: {exc}") from None
+    return pre, TensorHeader(
+        pre.flags, kind, dtype, dim, app_flags, sid, iid, tid, start, stop, raw_len, sent, shape, perm
+    )
+
+
+_ITEMSIZE = {dt: torch.empty((), dtype=dt).element_size() for dt in SUPPORTED_DTYPES}
+
+
+def _check_lengths(raw_len: int, payload_len: int, compressed: bool, cap: int) -> None:
+    if raw_len > cap:
+        raise ProtocolError(f"frame of {raw_len} bytes exceeds the limit of {cap}")
+    if compressed:
+        if raw_len == 0 or payload_len == 0 or payload_len > lz4_bound(raw_len):
+            raise ProtocolError(f"bad compressed length {payload_len} for {raw_len} raw bytes")
+    elif payload_len != raw_len:
+        raise ProtocolError(f"payload length {payload_len} differs from raw length {raw_len}")
+
+
+def alloc_payload(n: int) -> tuple[torch.Tensor, memoryview]:
+    """A fresh writable buffer for ``n`` received bytes, as (uint8 tensor, memoryview)."""
+    t = torch.empty(n, dtype=torch.uint8)
+    return t, memoryview(t.numpy())
+
+
+def as_uint8_tensor(payload: Any) -> torch.Tensor:
+    """The payload as a writable uint8 tensor (copies only read-only buffers such as bytes)."""
+    if isinstance(payload, torch.Tensor):
+        return payload
+    mv = memoryview(payload)
+    if not mv.readonly and mv.contiguous:
+        return torch.frombuffer(mv, dtype=torch.uint8) if mv.nbytes else torch.empty(0, dtype=torch.uint8)
+    t, out = alloc_payload(mv.nbytes)
+    out[:] = mv.cast("B") if mv.format != "B" else mv
+    return t
+
+
+def build_tensor(h: TensorHeader, raw: torch.Tensor) -> torch.Tensor:
+    """View ``raw`` (uint8, ``h.raw_len`` bytes) as the tensor ``h`` describes; no copy.
+
+    Raises:
+        ProtocolError: the bytes are not valid for the dtype (e.g. bool bytes other than 0/1).
+    """
+    if raw.numel() != h.raw_len:
+        raise ProtocolError(f"payload has {raw.numel()} bytes, header says {h.raw_len}")
+    if h.dtype == torch.bool and h.raw_len and int(raw.max()) > 1:
+        raise ProtocolError("bool tensor payload holds bytes other than 0 and 1")
+    flat = raw.view(h.dtype) if h.dtype != torch.uint8 else raw
+    if not h.shape:
+        return flat.reshape(())
+    pshape = [h.shape[d] for d in h.perm]
+    t = flat.view(pshape)
+    if h.perm != tuple(range(len(h.perm))):
+        inv = [0] * len(h.perm)
+        for i, d in enumerate(h.perm):
+            inv[d] = i
+        t = t.permute(inv)
+    return t
+
+
+def frame_from_header(h: TensorHeader, tensor: torch.Tensor) -> Frame:
+    return Frame(
+        tensor=tensor, kind=h.kind, session_id=h.session_id, inference_id=h.inference_id,
+        tensor_id=h.tensor_id, dim=h.dim, row_start=h.row_start, row_stop=h.row_stop,
+        flags=h.app_flags,
+    )  # fmt: skip

@@ -1,0 +1,145 @@
+"""Control messages: msgspec Structs in one tagged union, encoded as msgpack.
+
+Decoding is schema-checked (msgspec validates every field's type) and never runs code
+from the wire. Adding a message is one decorated class::
+
+    @register_message
+    class Infer(Message, tag="infer"):
+        inference_id: int
+
+Unknown fields are ignored so that a newer peer may add optional fields; unknown tags,
+missing fields and wrong types are a :class:`~lopinfer.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import msgspec
+
+from ..errors import InputError, ProtocolError
+
+PROTOCOL_VERSION = 1
+
+
+class Message(msgspec.Struct, tag_field="type", kw_only=True):
+    """Base of every control message; subclasses pick a unique ``tag``."""
+
+
+_REGISTRY: dict[str, type[Message]] = {}
+_decoder: msgspec.msgpack.Decoder | None = None
+_encoder = msgspec.msgpack.Encoder()
+
+
+def register_message(cls: type[Message]) -> type[Message]:
+    """Add ``cls`` to the union of control messages (usable as a class decorator).
+
+    Raises:
+        InputError: ``cls`` is not a ``Message`` subclass or its tag is taken.
+    """
+    global _decoder
+    if not (isinstance(cls, type) and issubclass(cls, Message)) or cls is Message:
+        raise InputError(f"{cls!r} is not a Message subclass")
+    tag = cls.__struct_config__.tag
+    if not isinstance(tag, str):
+        raise InputError(f"{cls.__name__} needs a string tag")
+    if _REGISTRY.get(tag, cls) is not cls:
+        raise InputError(f"message tag {tag!r} is already used by {_REGISTRY[tag].__name__}")
+    _REGISTRY[tag] = cls
+    _decoder = None
+    return cls
+
+
+def message_types() -> tuple[type[Message], ...]:
+    """The registered control message classes."""
+    return tuple(_REGISTRY.values())
+
+
+@register_message
+class Hello(Message, tag="hello"):
+    """Client -> server, first message: who is calling and with which token."""
+
+    protocol_version: int = PROTOCOL_VERSION
+    token: str = ""
+    client_name: str = ""
+
+
+@register_message
+class Welcome(Message, tag="welcome"):
+    """Server -> client: the session was opened."""
+
+    session_id: int
+    server_name: str = ""
+    device: str = "cpu"
+
+
+@register_message
+class Deploy(Message, tag="deploy"):
+    """Client -> server: a graph (JSON over the op allow-list) and its weights.
+
+    Weights travel either inline as a safetensors blob in ``weights``, or as tensor
+    frames that follow, announced by ``weights_hash`` (``weights`` left empty).
+    """
+
+    graph_json: str
+    content_hash: str
+    weights: bytes = b""
+    weights_hash: str = ""
+
+
+@register_message
+class Deployed(Message, tag="deployed"):
+    """Server -> client: the deployment ``content_hash`` is ready (``cached``: was already)."""
+
+    content_hash: str
+    session_id: int = 0
+    cached: bool = False
+
+
+@register_message
+class PlanMsg(Message, tag="plan"):
+    """Either way: a plan, as the JSON the scheduler writes."""
+
+    plan_json: str
+
+
+@register_message
+class Error(Message, tag="error"):
+    """Either way: a request failed (``code`` is machine-readable, ``message`` one line)."""
+
+    code: str
+    message: str = ""
+
+
+@register_message
+class Bye(Message, tag="bye"):
+    """Either way: the sender is closing the session."""
+
+    reason: str = ""
+
+
+def encode_message(msg: Message) -> bytes:
+    """Encode a registered message as msgpack.
+
+    Raises:
+        InputError: ``msg`` is not an instance of a registered message class.
+    """
+    cls = type(msg)
+    if not isinstance(msg, Message) or _REGISTRY.get(cls.__struct_config__.tag) is not cls:
+        raise InputError(f"{type(msg).__name__} is not a registered control message")
+    return _encoder.encode(msg)
+
+
+def decode_message(data: Any) -> Message:
+    """Decode and validate a control message.
+
+    Raises:
+        ProtocolError: not msgpack, an unknown tag, or a field of the wrong type.
+    """
+    global _decoder
+    if _decoder is None:
+        _decoder = msgspec.msgpack.Decoder(Union[tuple(_REGISTRY.values())])  # noqa: UP007
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"bad control message: {exc}") from None
