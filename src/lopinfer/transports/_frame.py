@@ -358,7 +358,7 @@ def parse_header(buf: Any, limits: Limits) -> tuple[Preamble, TensorHeader | Con
     )
 
 
-_ITEMSIZE = {dt: torch.empty((), dtype=dt).element_size() for dt in SUPPORTED_DTYPES}
+_ITEMSIZE = {dt: dt.itemsize for dt in SUPPORTED_DTYPES}
 
 
 def _check_lengths(raw_len: int, payload_len: int, compressed: bool, cap: int) -> None:

@@ -1,0 +1,351 @@
+"""Frames over a byte-stream socket: an asyncio ``BufferedProtocol`` that is also a Stream.
+
+Reading: small data lands in a staging buffer and is parsed there; the payload of a
+large frame is received by the kernel straight into the tensor it will become (no
+copy in user space). Writing: the transport's own buffer is kept empty (its high
+water mark is 0), so a payload goes from the tensor to the kernel without being
+copied first, chunk by chunk as the socket drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..errors import ConnectionClosedError, ProtocolError, TransportTimeoutError
+from ._base import Inbox, RawFrame, Stream, now_ns, wait_future
+from ._frame import PREAMBLE, alloc_payload, parse_preamble
+from ._options import Options
+
+log = logging.getLogger("lopinfer.transports")
+
+_STAGING = 256 * 1024
+_DIRECT_MIN = 32 * 1024  # read payload remainders at least this big straight into the tensor
+_JOIN_MAX = 64 * 1024  # header and payload up to this size go out in one write
+_CHUNK = 4 << 20  # largest single write of a big payload
+
+
+class FrameReader:
+    """Splits a byte stream into frames; ``on_frame`` receives each :class:`RawFrame`."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self._s = stream
+        self._buf = bytearray(_STAGING)
+        self._mv = memoryview(self._buf)
+        self._start = self._end = 0
+        self._header: bytes | None = None
+        self._dest: Any = None
+        self._dest_mv: memoryview | None = None
+        self._need = self._filled = 0
+        self._direct = False
+        self._first_ns = 0
+        self.progress = 0
+
+    @property
+    def in_frame(self) -> bool:
+        return self._header is not None or self._end > self._start
+
+    def describe(self) -> str:
+        if self._header is not None:
+            return f"got {self._filled} of {self._need} payload bytes"
+        return f"got {self._end - self._start} header bytes"
+
+    def get_buffer(self) -> memoryview:
+        if (
+            self._header is not None
+            and self._start == self._end
+            and self._need - self._filled >= _DIRECT_MIN
+        ):
+            self._direct = True
+            assert self._dest_mv is not None
+            return self._dest_mv[self._filled :]
+        self._direct = False
+        if self._end == len(self._buf) or self._end > len(self._buf) - 4096 and self._start:
+            n = self._end - self._start
+            self._buf[:n] = self._mv[self._start : self._end]
+            self._start, self._end = 0, n
+        return self._mv[self._end :]
+
+    def updated(self, n: int) -> None:
+        self.progress += 1
+        if self._direct:
+            self._filled += n
+            if self._filled == self._need:
+                self._complete()
+            return
+        if not self.in_frame:
+            self._first_ns = now_ns()
+        self._end += n
+        self._parse()
+
+    def _parse(self) -> None:
+        mv = self._mv
+        while True:
+            avail = self._end - self._start
+            if self._header is None:
+                if avail < PREAMBLE.size:
+                    break
+                if not self._first_ns:
+                    self._first_ns = now_ns()
+                start = self._start
+                pre = parse_preamble(mv[start : start + PREAMBLE.size], self._s.limits)
+                hl = pre.header_len
+                if avail < hl:
+                    break
+                self._header = bytes(mv[start : start + hl])
+                self._start += hl
+                self._need, self._filled = pre.payload_len, 0
+                self._dest, self._dest_mv = alloc_payload(self._need)
+                if self._need == 0:
+                    self._complete()
+                continue
+            take = min(avail, self._need - self._filled)
+            if take == 0:
+                break
+            assert self._dest_mv is not None
+            self._dest_mv[self._filled : self._filled + take] = mv[self._start : self._start + take]
+            self._filled += take
+            self._start += take
+            if self._filled < self._need:
+                break
+            self._complete()
+        if self._start == self._end:
+            self._start = self._end = 0
+
+    def _complete(self) -> None:
+        assert self._header is not None
+        header, dest = self._header, self._dest
+        self._header = self._dest = self._dest_mv = None
+        end = now_ns()
+        frame = RawFrame(header, dest, len(header) + self._need, self._first_ns or end, end)
+        self._first_ns = 0
+        self._s._frame_received(frame)
+
+
+class SocketStream(Stream, asyncio.BufferedProtocol):
+    """A Stream over an asyncio stream transport (TCP, Unix socket)."""
+
+    def __init__(self, options: Options) -> None:
+        super().__init__(options)
+        self._transport: asyncio.Transport | None = None
+        self._reader = FrameReader(self)
+        self._inbox = Inbox(
+            options.recv_high_water, options.recv_low_water, self._pause_reading, self._resume_reading
+        )
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future | None = None
+        self._closed_waiter: asyncio.Future | None = None
+        self._error: Exception | None = None  # why sending is impossible
+        self._closing = False
+        self._stall_handle: asyncio.TimerHandle | None = None
+        self._stall_mark = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._discard: memoryview | None = None
+
+    # -- asyncio protocol callbacks ---------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._closed_waiter = self._loop.create_future()
+        transport.set_write_buffer_limits(high=0, low=0)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.remote_address = _fmt_addr(peer)
+        self.local_address = _fmt_addr(sock)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._discard is not None:
+            return self._discard
+        return self._reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._discard is not None:
+            return
+        try:
+            self._reader.updated(nbytes)
+        except ProtocolError as exc:
+            # stop parsing; keep reading (and dropping) so that the peer can still
+            # receive our error message and see a clean close rather than a reset
+            self._discard = memoryview(bytearray(16384))
+            self._inbox.fail(exc)
+            if self._inbox.paused:
+                self._resume_reading()
+            return
+        if self._stall_handle is None and self._reader.in_frame:
+            self._arm_stall()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._reader.in_frame:
+            err: Exception = ConnectionClosedError(
+                f"peer {self.remote_address} closed the connection mid-frame ({self._reader.describe()})"
+            )
+        elif exc is not None:
+            err = ConnectionClosedError(f"connection to {self.remote_address} broke: {exc}")
+        else:
+            err = ConnectionClosedError(f"peer {self.remote_address} closed the connection")
+            self.eof_clean = self._error is None
+        self._broken(err, read_too=True)
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
+        if self._stall_handle is not None:
+            self._stall_handle.cancel()
+            self._stall_handle = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- internals --------------------------------------------------------------------
+    def _frame_received(self, frame: RawFrame) -> None:
+        self._inbox.put(frame)
+
+    def _broken(self, exc: Exception, *, read_too: bool) -> None:
+        if self._error is None:
+            self._error = exc if isinstance(exc, (ConnectionClosedError, TransportTimeoutError)) else (
+                ConnectionClosedError(str(exc)))  # fmt: skip
+        if read_too:
+            self._inbox.fail(exc)
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_exception(self._error)
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def _arm_stall(self) -> None:
+        t = self.options.stall_timeout
+        if t is None or self._loop is None or self._error is not None:
+            return
+        self._stall_mark = self._reader.progress
+        self._stall_handle = self._loop.call_later(t, self._check_stall)
+
+    def _check_stall(self) -> None:
+        self._stall_handle = None
+        if not self._reader.in_frame or self._error is not None:
+            return
+        if self._inbox.paused or self._reader.progress != self._stall_mark:
+            self._arm_stall()
+            return
+        exc = TransportTimeoutError(
+            f"peer {self.remote_address} stalled mid-frame for {self.options.stall_timeout:g} s "
+            f"({self._reader.describe()})"
+        )
+        self._broken(exc, read_too=True)
+        self.abort()
+
+    async def _drain(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._write_paused:
+            return
+        assert self._loop is not None
+        self._drain_waiter = self._loop.create_future()
+        try:
+            await wait_future(self._drain_waiter, self.options.send_timeout, "sending (peer not reading)")
+        except TransportTimeoutError as exc:
+            self._broken(exc, read_too=True)
+            self.abort()
+            raise
+        finally:
+            self._drain_waiter = None
+
+    # -- Stream interface -------------------------------------------------------------
+    def send_nowait(self, header: bytes, payload: memoryview) -> bool:
+        if self._error is not None:
+            raise self._error
+        if self._write_paused or self._closing or len(payload) > _JOIN_MAX:
+            return False
+        assert self._transport is not None
+        self._transport.write(header + payload if payload else header)
+        return True
+
+    async def send(self, header: bytes, payload: memoryview) -> None:
+        if self._closing and self._error is None:
+            raise ConnectionClosedError("connection is closing")
+        await self._drain()
+        t = self._transport
+        assert t is not None
+        n = len(payload)
+        if n <= _JOIN_MAX:
+            t.write(header + payload if n else header)
+            return
+        t.write(header)
+        pos = 0
+        while pos < n:
+            await self._drain()
+            t.write(payload[pos : pos + _CHUNK])
+            pos += _CHUNK
+
+    def receive_nowait(self) -> RawFrame | None:
+        return self._inbox.get_nowait()
+
+    async def wait_readable(self, timeout: float | None) -> None:
+        await self._inbox.wait(timeout)
+
+    async def aclose(self, *, error: bool = False) -> None:
+        t = self._transport
+        if t is None or self._closing:
+            if self._closed_waiter is not None:
+                await asyncio.shield(self._closed_waiter)
+            return
+        self._closing = True
+        try:
+            if self._error is None and self._write_paused:
+                assert self._loop is not None
+                self._drain_waiter = self._loop.create_future()
+                await wait_future(self._drain_waiter, self.options.close_timeout, "closing")
+        except Exception:
+            t.abort()
+        else:
+            if error and t.can_write_eof():
+                t.write_eof()  # lingering close: the peer reads our error, then EOF
+            else:
+                t.close()
+        assert self._closed_waiter is not None
+        try:
+            await wait_future(asyncio.shield(self._closed_waiter), self.options.close_timeout, "closing")
+        except TransportTimeoutError:
+            t.abort()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def send_buffered(self) -> int:
+        t = self._transport
+        return t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+
+    def recv_buffered(self) -> tuple[int, int]:
+        return self._inbox.buffered()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self._error is not None
+
+    @property
+    def receiving_paused(self) -> bool:
+        return self._inbox.paused
+
+
+def _fmt_addr(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = addr[0]
+        return f"[{host}]:{addr[1]}" if ":" in str(host) else f"{host}:{addr[1]}"
+    if isinstance(addr, bytes):
+        return addr.lstrip(b"\0").decode(errors="replace")
+    return str(addr or "")
