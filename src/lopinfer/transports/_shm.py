@@ -1,0 +1,436 @@
+"""``shm://name``: same-machine peers; payloads through shared-memory rings.
+
+Each side owns one ring (a ``multiprocessing.shared_memory`` segment) that it writes
+its payloads into; a Unix socket (abstract namespace on Linux) carries the frame
+headers and small notifications: "bytes [off, off+n) of my ring are the next
+payload chunk" one way, "I copied n bytes out, you may reuse them" the other. So a
+payload is copied into the ring by the sender and out of it by the receiver, and
+never passes through the kernel. The receiver checks every notification against its
+own idea of the ring's read position; a payload larger than the ring goes in chunks.
+
+Segments are unlinked as soon as both sides have mapped them, so nothing is left in
+``/dev/shm`` even if a process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import struct
+import sys
+import tempfile
+from multiprocessing import resource_tracker, shared_memory
+from typing import Any
+from urllib.parse import SplitResult
+
+from ..errors import ConnectError, ConnectionClosedError, InputError, ProtocolError
+from ._base import Server, StreamHandler, now_ns, wait_future
+from ._frame import PREAMBLE, alloc_payload, parse_preamble
+from ._options import Options
+from ._sockstream import SocketStream
+
+REC = struct.Struct("<BxxxI")  # record type, body length
+CHUNK = struct.Struct("<QQ")
+ACK = struct.Struct("<Q")
+R_HELLO, R_HELLO_ACK, R_HEADER, R_CHUNK, R_ACK = 1, 2, 3, 4, 5
+_MAX_BODY = 4096
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+_INLINE_MAX = 1 << 20  # send_nowait copies payloads up to this size on the caller's turn
+
+
+def _socket_path(name: str) -> str:
+    if sys.platform.startswith("linux"):
+        return "\0lopinfer-shm-" + name
+    return os.path.join(tempfile.gettempdir(), f"lopinfer-shm-{name}.sock")
+
+
+class _RecordReader:
+    """Parses the notification records; reassembles frames from the peer's ring."""
+
+    def __init__(self, stream: ShmStream) -> None:
+        self._s = stream
+        self._buf = bytearray(64 * 1024)
+        self._mv = memoryview(self._buf)
+        self._start = self._end = 0
+        self._header: bytes | None = None
+        self._dest: Any = None
+        self._dest_mv: memoryview | None = None
+        self._need = self._filled = 0
+        self._first_ns = 0
+        self._rpos = 0
+        self.progress = 0
+
+    @property
+    def in_frame(self) -> bool:
+        return self._header is not None or self._end > self._start
+
+    def describe(self) -> str:
+        if self._header is not None:
+            return f"got {self._filled} of {self._need} payload bytes"
+        return f"got {self._end - self._start} notification bytes"
+
+    def get_buffer(self) -> memoryview:
+        if self._start and self._end > len(self._buf) - _MAX_BODY - REC.size:
+            n = self._end - self._start
+            self._buf[:n] = self._mv[self._start : self._end]
+            self._start, self._end = 0, n
+        return self._mv[self._end :]
+
+    def updated(self, n: int) -> None:
+        self.progress += 1
+        self._end += n
+        acked = 0
+        s, mv = self._s, self._mv
+        try:
+            while self._end - self._start >= REC.size:
+                rtype, blen = REC.unpack_from(mv, self._start)
+                if blen > _MAX_BODY:
+                    raise ProtocolError(f"shm notification of {blen} bytes is too long")
+                if self._end - self._start < REC.size + blen:
+                    break
+                body = mv[self._start + REC.size : self._start + REC.size + blen]
+                self._start += REC.size + blen
+                if rtype == R_CHUNK:
+                    acked += self._chunk(body)
+                elif rtype == R_HEADER:
+                    self._frame_header(body)
+                elif rtype == R_ACK:
+                    s._acked(ACK.unpack(body)[0] if blen == ACK.size else -1)
+                elif rtype == R_HELLO:
+                    s._hello(bytes(body))
+                elif rtype == R_HELLO_ACK:
+                    s._hello_ack()
+                else:
+                    raise ProtocolError(f"unknown shm notification type {rtype}")
+        finally:
+            if acked:
+                s._send_record(R_ACK, ACK.pack(acked))
+        if self._start == self._end:
+            self._start = self._end = 0
+
+    def _frame_header(self, body: memoryview) -> None:
+        if self._header is not None:
+            raise ProtocolError("frame header inside another frame's payload")
+        pre = parse_preamble(body[: PREAMBLE.size], self._s.limits)
+        if len(body) != pre.header_len:
+            raise ProtocolError(f"header of {len(body)} bytes, its preamble says {pre.header_len}")
+        self._first_ns = now_ns()
+        self._header = bytes(body)
+        self._need, self._filled = pre.payload_len, 0
+        self._dest, self._dest_mv = alloc_payload(self._need)
+        if self._need == 0:
+            self._complete()
+
+    def _chunk(self, body: memoryview) -> int:
+        ring = self._s._peer_ring
+        if len(body) != CHUNK.size or ring is None:
+            raise ProtocolError("bad shm chunk notification")
+        off, n = CHUNK.unpack(body)
+        if self._header is None or n == 0 or n > self._need - self._filled:
+            raise ProtocolError("shm chunk outside a frame's payload")
+        size = len(ring)
+        if off != self._rpos or off + n > size:
+            raise ProtocolError(f"shm chunk [{off}, {off + n}) out of order or outside the ring")
+        assert self._dest_mv is not None
+        self._dest_mv[self._filled : self._filled + n] = ring[off : off + n]
+        self._filled += n
+        self._rpos = (off + n) % size
+        if self._filled == self._need:
+            self._complete()
+        return n
+
+    def _complete(self) -> None:
+        from ._base import RawFrame
+
+        assert self._header is not None
+        end = now_ns()
+        frame = RawFrame(self._header, self._dest, len(self._header) + self._need, self._first_ns, end)
+        self._header = self._dest = self._dest_mv = None
+        self._s._frame_received(frame)
+
+
+class ShmStream(SocketStream):
+    scheme = "shm"
+    default_bandwidth = float("inf")
+
+    def __init__(self, options: Options, on_ready: StreamHandler | None = None, client: bool = False) -> None:
+        super().__init__(options)
+        self._reader = _RecordReader(self)  # type: ignore[assignment]
+        self._on_ready = on_ready
+        self._client = client
+        self._own: shared_memory.SharedMemory | None = None
+        self._peer: shared_memory.SharedMemory | None = None
+        self._ring: memoryview | None = None
+        self._peer_ring: memoryview | None = None
+        self._wpos = 0
+        self._inflight = 0
+        self._space_waiter: asyncio.Future | None = None
+        self.ready: asyncio.Future | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._unlinked = False
+
+    # -- handshake --------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        assert self._loop is not None
+        self.ready = self._loop.create_future()
+        self.remote_address = f"pid-peer@{self.remote_address or 'local'}"
+        try:
+            self._own = _segment(f"lopinfer_{os.getpid()}_{secrets.token_hex(6)}", self.options.shm_ring_size)
+        except OSError as exc:
+            self._fail_handshake(ConnectError(f"could not create a shared-memory ring: {exc}"))
+            return
+        self._ring = self._own.buf
+        if self._client:
+            self._send_hello(R_HELLO)
+        t = self.options.connect_timeout
+        if t is not None:
+            self._handshake_timer = self._loop.call_later(t, self._fail_handshake,
+                                                          ConnectError(f"shm handshake timed out after {t} s"))  # fmt: skip
+
+    def _send_hello(self, rtype: int) -> None:
+        assert self._own is not None
+        body = json.dumps({"name": self._own.name, "size": self._own.size, "pid": os.getpid()}).encode()
+        self._send_record(rtype, body)
+
+    def _hello(self, body: bytes) -> None:
+        if self._peer is not None:
+            raise ProtocolError("second shm hello")
+        try:
+            info = json.loads(body)
+            name, size, pid = str(info["name"]), int(info["size"]), int(info.get("pid", 0))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProtocolError(f"bad shm hello: {exc}") from None
+        if not _NAME_RE.match(name.lstrip("/")):
+            raise ProtocolError(f"bad shm segment name {name!r}")
+        try:
+            peer = _segment(name, 0)
+        except (OSError, ValueError) as exc:
+            raise ProtocolError(f"cannot map the peer's ring {name!r}: {exc}") from None
+        if peer.size < size or size < 1:
+            peer.close()
+            raise ProtocolError(f"peer ring {name!r} is smaller than announced")
+        self._peer = peer
+        self._peer_ring = peer.buf[:size]
+        self.remote_address = f"pid {pid}"
+        if self._client:
+            self._send_record(R_HELLO_ACK, b"")
+            self._unlink_own()  # the server mapped it before answering
+            self._handshake_done()
+        else:
+            self._send_hello(R_HELLO)
+
+    def _hello_ack(self) -> None:
+        if self._client or self._peer is None:
+            raise ProtocolError("unexpected shm hello ack")
+        self._unlink_own()
+        self._handshake_done()
+
+    def _handshake_done(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_result(None)
+        if self._on_ready is not None:
+            self._on_ready(self)
+
+    def _fail_handshake(self, exc: Exception) -> None:
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()  # the connecting side reads it; a server has no reader
+        self.abort()
+
+    def _unlink_own(self) -> None:
+        if self._own is not None and not self._unlinked:
+            self._unlinked = True
+            _unlink(self._own)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.ready is not None and not self.ready.done():
+            try:
+                self._reader.updated(nbytes)
+            except ProtocolError as exc:
+                self._fail_handshake(ConnectError(f"shm handshake failed: {exc}"))
+            return
+        super().buffer_updated(nbytes)
+
+    # -- notifications ----------------------------------------------------------------
+    def _send_record(self, rtype: int, body: bytes) -> None:
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.write(REC.pack(rtype, len(body)) + body)
+
+    def _acked(self, n: int) -> None:
+        if n <= 0 or n > self._inflight:
+            raise ProtocolError(f"shm ack of {n} bytes, {self._inflight} in flight")
+        self._inflight -= n
+        w = self._space_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.ready is not None and not self.ready.done():
+            self._fail_handshake(ConnectError("the shm peer closed during the handshake"))
+        w = self._space_waiter
+        if w is not None and not w.done():
+            w.set_exception(self._error or ConnectionClosedError("connection is closed"))
+        self._release()
+
+    def _release(self) -> None:
+        self._unlink_own()
+        self._ring = self._peer_ring = None
+        for seg in (self._own, self._peer):
+            if seg is not None:
+                try:
+                    seg.close()
+                except BufferError:  # a view is still alive somewhere; GC unmaps it
+                    pass
+        self._own = self._peer = None
+
+    # -- sending ----------------------------------------------------------------------
+    def _put(self, payload: memoryview, pos: int, limit: int) -> tuple[int, bytes]:
+        """Copy up to ``limit`` bytes of ``payload[pos:]`` into the ring; the chunk record."""
+        ring = self._ring
+        assert ring is not None
+        size = len(ring)
+        n = min(limit, size - self._inflight, size - self._wpos)
+        off = self._wpos
+        ring[off : off + n] = payload[pos : pos + n]
+        self._wpos = (off + n) % size
+        self._inflight += n
+        return n, REC.pack(R_CHUNK, CHUNK.size) + CHUNK.pack(off, n)
+
+    def send_nowait(self, header: bytes, payload: memoryview) -> bool:
+        if self._error is not None:
+            raise self._error
+        n = len(payload)
+        ring = self._ring
+        if self._write_paused or self._closing or ring is None or n > _INLINE_MAX:
+            return False
+        if n > len(ring) - self._inflight:
+            return False  # would have to wait for ring space
+        parts = [REC.pack(R_HEADER, len(header)), header]
+        pos = 0
+        while pos < n:
+            k, rec = self._put(payload, pos, n - pos)
+            parts.append(rec)
+            pos += k
+        assert self._transport is not None
+        self._transport.write(b"".join(parts))
+        return True
+
+    async def send(self, header: bytes, payload: memoryview) -> None:
+        if self._closing and self._error is None:
+            raise ConnectionClosedError("connection is closing")
+        await self._drain()
+        self._send_record(R_HEADER, header)
+        n, pos = len(payload), 0
+        assert self._loop is not None
+        while pos < n:
+            ring = self._ring
+            if ring is None:
+                raise self._error or ConnectionClosedError("connection is closed")
+            if self._inflight == len(ring):
+                self._space_waiter = self._loop.create_future()
+                try:
+                    await wait_future(self._space_waiter, self.options.send_timeout, "sending (peer not reading)")
+                finally:
+                    self._space_waiter = None
+                continue
+            k, rec = self._put(payload, pos, min(n - pos, max(len(ring) // 4, 1)))
+            await self._drain()
+            assert self._transport is not None
+            self._transport.write(rec)
+            pos += k
+
+
+def _unlink(seg: shared_memory.SharedMemory) -> None:
+    # not SharedMemory.unlink(): that would unregister from the tracker a second time
+    try:
+        import _posixshmem
+
+        _posixshmem.shm_unlink(seg._name)  # type: ignore[attr-defined]
+    except (ImportError, OSError):
+        pass
+
+
+def _segment(name: str, size: int) -> shared_memory.SharedMemory:
+    """Create (``size`` > 0) or attach a segment, kept out of the resource tracker.
+
+    The tracker would unlink a segment this process merely attached when it exits, and
+    complain about the owner's own unlink; ownership here is explicit instead: the
+    creator unlinks right after the peer mapped it (or when the connection fails).
+    """
+    create = size > 0
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, create=create, size=size, track=False)
+    seg = shared_memory.SharedMemory(name=name, create=create, size=size)
+    try:
+        resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover - tracker details vary by version
+        pass
+    return seg
+
+
+class ShmServer(Server):
+    def __init__(self, server: asyncio.AbstractServer, name: str, path: str) -> None:
+        self._server = server
+        self._path = path
+        self.url = f"shm://{name}"
+
+    async def aclose(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+        if not self._path.startswith("\0"):
+            try:
+                os.unlink(self._path)
+            except OSError:
+                pass
+
+
+def _name(url: SplitResult, *, listening: bool) -> str:
+    name = url.netloc + url.path
+    if not name and listening:
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+    if not _NAME_RE.match(name):
+        raise InputError(f"bad shm URL {url.geturl()!r}: use shm://NAME with letters, digits, '._-'")
+    return name
+
+
+async def open_stream(url: SplitResult, options: Options) -> ShmStream:
+    name = _name(url, listening=False)
+    loop = asyncio.get_running_loop()
+    path = _socket_path(name)
+    try:
+        _, stream = await asyncio.wait_for(
+            loop.create_unix_connection(lambda: ShmStream(options, client=True), path), options.connect_timeout
+        )
+    except asyncio.TimeoutError:
+        raise ConnectError(f"connecting to shm://{name} timed out") from None
+    except OSError as exc:
+        raise ConnectError(f"nothing listens on shm://{name}: {exc.strerror or exc}") from exc
+    assert stream.ready is not None
+    try:
+        await stream.ready
+    except ConnectionClosedError as exc:
+        raise ConnectError(f"shm://{name} closed during the handshake") from exc
+    except ProtocolError as exc:
+        raise ConnectError(f"shm://{name} handshake failed: {exc}") from exc
+    stream.local_address = f"pid {os.getpid()}"
+    return stream
+
+
+async def start_server(url: SplitResult, on_stream: StreamHandler, options: Options) -> ShmServer:
+    name = _name(url, listening=True)
+    loop = asyncio.get_running_loop()
+    path = _socket_path(name)
+    try:
+        server = await loop.create_unix_server(lambda: ShmStream(options, on_ready=on_stream), path)
+    except OSError as exc:
+        raise ConnectError(f"could not listen on shm://{name}: {exc.strerror or exc}") from exc
+    return ShmServer(server, name, path)
