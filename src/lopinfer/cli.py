@@ -1,0 +1,323 @@
+"""The ``lopinfer`` command line.
+
+Each subcommand is one ``(name, help, add_arguments, run)`` entry in :data:`COMMANDS`;
+``run(args) -> int`` returns the exit status. Exit statuses: 0 success, 1 a check
+failed (``verify``), 2 bad input (a one-line ``error: ...`` on stderr), 130 interrupted.
+Every subcommand takes ``--json`` for one machine-readable JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from .errors import LopInferError
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+log = logging.getLogger("lopinfer.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one ``error: ...`` line and exit status 2, like every bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+class _Usage(LopInferError):
+    """A bad command-line value caught after parsing."""
+
+
+# -- shared options and helpers ------------------------------------------------------------
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="torchvision:NAME, package.module:factory or path/to/file.py:factory")
+    p.add_argument("--input-shape", metavar="SHAPE", default=None,
+                   help="example input shape, e.g. 1,3,224,224 (default: the model's own, "
+                        "else 1,3,224,224)")
+    p.add_argument("--tiled-dim", type=int, default=None, metavar="N",
+                   help="dim of the input to tile (default 2: the first spatial dim)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise _Usage(f"bad {what} {text!r}: expected integers like 1,4,7") from None
+    if not values or any(v < 1 for v in values):
+        raise _Usage(f"bad {what} {text!r}: expected positive integers like 1,4,7")
+    return values
+
+
+def _load(args: argparse.Namespace, *, batch: int | None = None, dtype: str = "float32") -> tuple[Any, Any, str]:
+    """(model, example input, name) from the common options; seeds torch first."""
+    import torch
+
+    from .models import load_model, parse_shape
+
+    torch.manual_seed(getattr(args, "seed", 0))
+    loaded = load_model(args.model)
+    shape = loaded.example_shape(parse_shape(args.input_shape) if args.input_shape else None)
+    if batch is not None:
+        shape = (batch, *shape[1:])
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    model = loaded.module.to(torch_dtype)
+    x = torch.randn(shape, dtype=torch_dtype)
+    return model, x, loaded.name
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Sequence[int] = (),
+           title: str | None = None) -> None:
+    """Print an aligned table: with rich on a terminal, else as plain text."""
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    if sys.stdout.isatty():
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            pass
+        else:
+            table = Table(title=title, show_lines=False, header_style="bold")
+            for i, h in enumerate(headers):
+                table.add_column(h, justify="right" if i in right else "left", no_wrap=True)
+            for row in cells:
+                table.add_row(*row)
+            Console().print(table)
+            return
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        out = [v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))]
+        return "  ".join(out).rstrip()
+
+    if title:
+        print(title)
+    print(line(headers))
+    print(line(["-" * w for w in widths]))
+    for row in cells:
+        print(line(row))
+
+
+def _human_count(n: float, unit: str = "") -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {suffix}{unit}"
+    return f"{n:g} {unit}".rstrip()
+
+
+def _human_bytes(n: int) -> str:
+    for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= scale:
+            return f"{n / scale:.1f} {suffix}"
+    return f"{n} B"
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, allow_nan=False))
+
+
+# -- inspect ---------------------------------------------------------------------------
+def _inspect_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+
+
+def inspect_graph(graph: Any) -> dict[str, Any]:
+    """The ``inspect`` report of a captured graph as a JSON-ready dict."""
+    from .graph.flops import flops
+
+    counts = flops(graph)
+    nodes = []
+    for n in graph.nodes:
+        loc = n.locality
+        nodes.append({
+            "name": n.name,
+            "op": n.target,
+            "index": n.index,
+            "shape": list(n.meta.shape),
+            "dtype": str(n.meta.dtype).removeprefix("torch."),
+            "bytes": n.meta.nbytes,
+            "local": loc is not None,
+            "tiled_dim": loc.dim if loc is not None else None,
+            "halo": loc.halo() if loc is not None else None,
+            "rule": loc.rule if loc is not None else None,
+            "module": n.module_path,
+            "flops": counts[n.name],
+        })
+    total = sum(counts.values())
+    local = sum(v["flops"] for v in nodes if v["local"])
+    n_local = sum(1 for v in nodes if v["local"])
+    return {
+        "model": graph.name,
+        "inputs": {k: {"shape": list(m.shape), "dtype": str(m.dtype).removeprefix("torch.")}
+                   for k, m in graph.inputs.items()},
+        "nodes": nodes,
+        "summary": {
+            "nodes": len(nodes),
+            "local": n_local,
+            "global": len(nodes) - n_local,
+            "flops": total,
+            "local_flops": local,
+            "local_flops_share": local / total if total else 0.0,
+            "activation_bytes": sum(v["bytes"] for v in nodes),
+            "params": len(graph.params),
+            "param_bytes": sum(p.numel() * p.element_size() for p in graph.params.values()),
+        },
+    }
+
+
+def _short_op(target: str, index: int | None) -> str:
+    op = target.removeprefix("aten.").removesuffix(".default")
+    return f"{op}[{index}]" if index is not None else op
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .graph import analyse, capture
+
+    model, x, name = _load(args)
+    graph = capture(model, (x,), name=name)
+    if args.tiled_dim is not None:
+        analyse(graph, tiled_dim=args.tiled_dim)
+    doc = inspect_graph(graph)
+    doc["input_shape"] = list(x.shape)
+    if args.json:
+        _print_json(doc)
+        return 0
+    rows = [
+        (v["name"], _short_op(v["op"], v["index"]),
+         f"{v['dtype']}[{','.join(map(str, v['shape']))}]", _human_bytes(v["bytes"]),
+         "local" if v["local"] else "GLOBAL", v["tiled_dim"], v["halo"], v["rule"],
+         _human_count(v["flops"]) if v["flops"] else "0", v["module"])
+        for v in doc["nodes"]
+    ]
+    _table(["node", "op", "output", "bytes", "kind", "dim", "halo", "rule", "flops", "module"],
+           rows, right=(3, 5, 6, 8), title=f"{name} on {list(x.shape)}")
+    s = doc["summary"]
+    print(
+        f"\nnodes: {s['nodes']} total, {s['local']} local, {s['global']} global; "
+        f"FLOPs: {_human_count(s['flops'])} total, {s['local_flops_share']:.1%} in local "
+        f"operators; params: {_human_bytes(s['param_bytes'])}"
+    )
+    return 0
+
+
+# -- verify ----------------------------------------------------------------------------
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    p.add_argument("--tiles", default="1,4,7", metavar="T,...",
+                   help="tile counts to check (default 1,4,7)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="batch size (replaces the input shape's first dim)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and input (default 0)")
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from .verify import report_json, verify
+
+    tiles = _int_list(args.tiles, "--tiles")
+    if args.batch is not None and args.batch < 1:
+        raise _Usage(f"bad --batch {args.batch}: expected a positive integer")
+    model, x, name = _load(args, batch=args.batch, dtype=args.dtype)
+    report = verify(model, (x,), tiles, name=name, tiled_dim=args.tiled_dim)
+    report["spec"] = args.model
+    if args.json:
+        _print_json(report_json(report))
+    else:
+        rows = [(c["name"], f"{c['max_abs_err']:.3g}", f"{c['rel_err']:.3g}",
+                 "yes" if c["exact"] else "NO", c["detail"]) for c in report["checks"]]
+        _table(["check", "max_abs_err", "rel_err", "exact", "detail"], rows, right=(1, 2),
+               title=f"{name} on {args.dtype}{list(x.shape)}")
+        verdict = "all exact" if report["exact"] else "NOT EXACT"
+        print(f"\n{verdict}; {report['local_nodes']}/{report['nodes']} nodes local, "
+              f"{report['local_flops_share']:.1%} of FLOPs in local operators")
+    return 0 if report["exact"] else 1
+
+
+# -- the parser ------------------------------------------------------------------------
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+COMMANDS: list[Command] = [
+    ("inspect", "capture a model and show every node: local or global, halo, FLOPs",
+     _inspect_args, _run_inspect),
+    ("verify", "run a model plainly and tiled, and check the results are exact",
+     _verify_args, _run_verify),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lopinfer`` parser, one subparser per entry of :data:`COMMANDS`."""
+    from . import __version__
+
+    parser = _Parser(prog="lopinfer", description="Exact cooperative inference with local operators.")
+    parser.add_argument("--version", action="version", version=f"lopinfer {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, help_text, add_args, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def _quiet_torch() -> None:
+    """torch.export logs whole graphs when a capture fails; the one-line error says why."""
+    try:
+        import torch._logging
+
+        torch._logging.set_logs(all=logging.ERROR)
+    except (ImportError, AttributeError, TypeError):  # an older torch: best effort
+        logging.getLogger("torch").setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lopinfer`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:
+        _quiet_torch()
+    noise = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+            if args.verbose == 0:
+                warnings.simplefilter("ignore")  # library deprecation chatter
+            if args.verbose < 2:
+                # torch.export prints partial graphs to stderr when a capture fails
+                stack.enter_context(contextlib.redirect_stderr(noise))
+            return args._run(args)
+    except LopInferError as exc:
+        msg = " ".join(str(exc).split())  # one line, whatever the message holds
+        sys.stderr.write(f"error: {msg}\n")
+        if getattr(args, "json", False):
+            _print_json({"error": msg, "type": type(exc).__name__})
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except BrokenPipeError:  # e.g. `lopinfer inspect ... | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception:  # a bug, not bad input: show what was held back, then the traceback
+        sys.stderr.write(noise.getvalue())
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
