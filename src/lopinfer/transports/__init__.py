@@ -18,6 +18,7 @@ LZ4-compressed when that is expected to be faster; control messages are msgspec 
 
 from __future__ import annotations
 
+from ._codec import decode_frame, encode_frame
 from ._compress import HAVE_LZ4, AdaptiveCompressor
 from ._connection import Connection, ConnectionStatistics, LinkObserver, TransferRecord
 from ._frame import SUPPORTED_DTYPES, Frame, Limits
@@ -64,7 +65,9 @@ __all__ = [
     "TransferRecord",
     "Welcome",
     "connect",
+    "decode_frame",
     "decode_message",
+    "encode_frame",
     "encode_message",
     "event_loop_factory",
     "listen",

@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import (
     ConnectionClosedError,
@@ -44,8 +44,7 @@ _DEFAULT: Any = object()
 _RATE_MIN_NS = 500_000  # a send that took longer than this was paced by the link
 
 
-@dataclass(frozen=True, slots=True)
-class TransferRecord:
+class TransferRecord(NamedTuple):
     """One frame that crossed the link, for bandwidth estimators.
 
     Times are ``time.perf_counter_ns()`` on this side. For a send, ``start_ns`` ..

@@ -21,11 +21,14 @@ travels in its own memory order and comes back with the same strides.
 
 from __future__ import annotations
 
+import functools
 import struct
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from ..errors import InputError, ProtocolError
@@ -176,20 +179,25 @@ class PreparedTensor:
     def materialise(self) -> memoryview:
         """Produce the payload bytes (may copy a strided tensor: call off the loop when big)."""
         if self.payload is None:
-            t = self.frame.tensor.detach()
+            t = self.frame.tensor
+            if t.requires_grad:
+                t = t.detach()
             if t.device.type != "cpu":
                 t = t.cpu()
-            if t.is_conj():
-                t = t.resolve_conj()
-            if t.is_neg():
-                t = t.resolve_neg()
+            if t.is_complex():
+                t = t.resolve_conj().resolve_neg()
             if self.needs_copy:
                 t = t.contiguous()
-            flat = t.permute(self.perm).reshape(-1) if t.dim() else t.reshape(-1)
+            if self.perm != _IDENT[len(self.perm)]:
+                t = t.permute(self.perm)
+            flat = t.reshape(-1)
             u8 = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
-            # numpy() is the zero-copy route to a buffer; uint8 is always supported
+            # numpy() is the zero-copy route to a buffer (and keeps the tensor alive)
             self.payload = memoryview(u8.numpy()) if self.nbytes else memoryview(b"")
         return self.payload
+
+
+_IDENT = [tuple(range(n)) for n in range(_MAX_NDIM_HARD + 1)]
 
 
 def _check_uint(value: Any, bits: int, name: str) -> int:
@@ -205,23 +213,27 @@ def prepare_tensor(frame: Frame, limits: Limits) -> PreparedTensor:
         InputError: unsupported dtype or layout, ids out of range, inconsistent rows.
     """
     t = frame.tensor
-    if not isinstance(t, torch.Tensor):
+    if type(t) is not torch.Tensor and not isinstance(t, torch.Tensor):
         raise InputError(f"Frame.tensor must be a torch.Tensor, got {type(t).__name__}")
-    if t.layout != torch.strided or t.is_quantized or t.is_nested:
-        raise InputError(f"only dense strided tensors can be sent, got layout {t.layout}")
     code = DTYPE_TO_CODE.get(t.dtype)
     if code is None:
         raise InputError(f"dtype {t.dtype} cannot be sent; supported: {sorted(map(str, SUPPORTED_DTYPES))}")
-    nd = t.dim()
-    if nd > limits.max_ndim:
-        raise InputError(f"tensor has {nd} dims, more than max_ndim={limits.max_ndim}")
-    _check_uint(frame.kind, 16, "kind")
-    _check_uint(frame.flags, 32, "flags")
-    for name in ("session_id", "inference_id", "tensor_id"):
-        _check_uint(getattr(frame, name), 64, name)
+    if t.layout != torch.strided or t.is_nested:
+        raise InputError(f"only dense strided tensors can be sent, got layout {t.layout}")
     shape = tuple(t.shape)
-    _check_rows(frame.dim, frame.row_start, frame.row_stop, shape, InputError)
-    nbytes = t.numel() * t.element_size()
+    if len(shape) > limits.max_ndim:
+        raise InputError(f"tensor has {len(shape)} dims, more than max_ndim={limits.max_ndim}")
+    k, fl, sid, iid, tid = frame.kind, frame.flags, frame.session_id, frame.inference_id, frame.tensor_id
+    if not (
+        type(k) is int and 0 <= k < 1 << 16 and type(fl) is int and 0 <= fl < 1 << 32
+        and type(sid) is int and 0 <= sid < _U64 and type(iid) is int and 0 <= iid < _U64
+        and type(tid) is int and 0 <= tid < _U64
+    ):  # fmt: skip
+        for name, bits in (("kind", 16), ("flags", 32), ("session_id", 64), ("inference_id", 64), ("tensor_id", 64)):
+            _check_uint(getattr(frame, name), bits, name)
+    if frame.dim != -1 or frame.row_start or frame.row_stop:
+        _check_rows(frame.dim, frame.row_start, frame.row_stop, shape, InputError)
+    nbytes = t.numel() * _ITEMSIZE[t.dtype]
     if nbytes > limits.max_frame_size:
         raise InputError(f"tensor of {nbytes} bytes exceeds max_frame_size={limits.max_frame_size}")
     perm, needs_copy = _layout(t)
@@ -231,7 +243,7 @@ def prepare_tensor(frame: Frame, limits: Limits) -> PreparedTensor:
 def _layout(t: torch.Tensor) -> tuple[tuple[int, ...], bool]:
     """Dense layouts (contiguous, channels_last, transposes) travel as-is, in memory order."""
     nd = t.dim()
-    ident = tuple(range(nd))
+    ident = _IDENT[nd]
     if t.is_contiguous() or t.numel() <= 1:
         return ident, False
     strides = t.stride()
@@ -257,20 +269,20 @@ def _check_rows(dim: Any, start: Any, stop: Any, shape: tuple[int, ...], exc: ty
         )
 
 
+@functools.lru_cache(maxsize=None)
+def _tensor_struct(nd: int) -> struct.Struct:
+    return struct.Struct(f"<4sBBHIQHBBb3sIQQQqqQq{nd}Q{nd}B")
+
+
 def tensor_header(p: PreparedTensor, *, flags: int, payload_len: int) -> bytes:
     """Pack the header of a prepared tensor whose payload is ``payload_len`` bytes on the wire."""
     f = p.frame
     nd = len(p.shape)
-    meta_len = TENSOR_META.size + 9 * nd
-    return b"".join((
-        PREAMBLE.pack(MAGIC, VERSION, TYPE_TENSOR, flags, meta_len, payload_len),
-        TENSOR_META.pack(
-            f.kind, p.code, nd, f.dim, _ZERO3, f.flags, f.session_id, f.inference_id,
-            f.tensor_id, f.row_start, f.row_stop, p.nbytes, time.time_ns(),
-        ),
-        struct.pack(f"<{nd}Q", *p.shape),
-        bytes(p.perm),
-    ))  # fmt: skip
+    return _tensor_struct(nd).pack(
+        MAGIC, VERSION, TYPE_TENSOR, flags, TENSOR_META.size + 9 * nd, payload_len,
+        f.kind, p.code, nd, f.dim, _ZERO3, f.flags, f.session_id, f.inference_id,
+        f.tensor_id, f.row_start, f.row_stop, p.nbytes, time.time_ns(), *p.shape, *p.perm,
+    )  # fmt: skip
 
 
 def control_header(*, flags: int, raw_len: int, payload_len: int) -> bytes:
@@ -334,9 +346,9 @@ def parse_header(buf: Any, limits: Limits) -> tuple[Preamble, TensorHeader | Con
     if dtype is None:
         raise ProtocolError(f"unknown dtype code {code}")
     off += TENSOR_META.size
-    shape = struct.unpack_from(f"<{nd}Q", buf, off)
-    perm = tuple(bytes(buf[off + 8 * nd : off + 9 * nd]))
-    if sorted(perm) != list(range(nd)):
+    dims = struct.unpack_from(f"<{nd}Q{nd}B", buf, off)
+    shape, perm = dims[:nd], dims[nd:]
+    if perm != _IDENT[nd] and sorted(perm) != list(_IDENT[nd]):
         raise ProtocolError(f"layout {perm} is not a permutation of {nd} dims")
     numel = 1
     for extent in shape:
@@ -349,10 +361,11 @@ def parse_header(buf: Any, limits: Limits) -> tuple[Preamble, TensorHeader | Con
             f"payload of {raw_len} bytes does not hold {dtype}{list(shape)} ({numel * itemsize} bytes)"
         )
     _check_lengths(raw_len, pre.payload_len, compressed, limits.max_frame_size)
-    try:
-        _check_rows(dim, start, stop, shape, ProtocolError)
-    except ProtocolError as exc:
-        raise ProtocolError(f"bad tile header: {exc}") from None
+    if dim != -1 or start or stop:
+        try:
+            _check_rows(dim, start, stop, shape, ProtocolError)
+        except ProtocolError as exc:
+            raise ProtocolError(f"bad tile header: {exc}") from None
     return pre, TensorHeader(
         pre.flags, kind, dtype, dim, app_flags, sid, iid, tid, start, stop, raw_len, sent, shape, perm
     )
@@ -371,22 +384,27 @@ def _check_lengths(raw_len: int, payload_len: int, compressed: bool, cap: int) -
         raise ProtocolError(f"payload length {payload_len} differs from raw length {raw_len}")
 
 
-def alloc_payload(n: int) -> tuple[torch.Tensor, memoryview]:
-    """A fresh writable buffer for ``n`` received bytes, as (uint8 tensor, memoryview)."""
-    t = torch.empty(n, dtype=torch.uint8)
-    return t, memoryview(t.numpy())
+def alloc_payload(n: int) -> tuple[np.ndarray, memoryview]:
+    """A fresh writable buffer for ``n`` received bytes, as (uint8 array, memoryview).
+
+    numpy rather than torch.empty: its allocations of a few MB are reused by malloc
+    instead of being page-faulted in anew for every frame (4x faster for 4 MB tiles).
+    """
+    a = np.empty(n, dtype=np.uint8)
+    return a, memoryview(a)
 
 
 def as_uint8_tensor(payload: Any) -> torch.Tensor:
     """The payload as a writable uint8 tensor (copies only read-only buffers such as bytes)."""
+    if type(payload) is np.ndarray:
+        return torch.from_numpy(payload)
     if isinstance(payload, torch.Tensor):
         return payload
     mv = memoryview(payload)
-    if not mv.readonly and mv.contiguous:
-        return torch.frombuffer(mv, dtype=torch.uint8) if mv.nbytes else torch.empty(0, dtype=torch.uint8)
-    t, out = alloc_payload(mv.nbytes)
-    out[:] = mv.cast("B") if mv.format != "B" else mv
-    return t
+    a, out = alloc_payload(mv.nbytes)
+    if mv.nbytes:
+        out[:] = mv.cast("B") if mv.format != "B" else mv
+    return torch.from_numpy(a)
 
 
 def build_tensor(h: TensorHeader, raw: torch.Tensor) -> torch.Tensor:
@@ -399,17 +417,19 @@ def build_tensor(h: TensorHeader, raw: torch.Tensor) -> torch.Tensor:
         raise ProtocolError(f"payload has {raw.numel()} bytes, header says {h.raw_len}")
     if h.dtype == torch.bool and h.raw_len and int(raw.max()) > 1:
         raise ProtocolError("bool tensor payload holds bytes other than 0 and 1")
+    if h.raw_len == 0:
+        with warnings.catch_warnings():  # complex32 warns that it is experimental
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.empty(h.shape, dtype=h.dtype)
     flat = raw.view(h.dtype) if h.dtype != torch.uint8 else raw
     if not h.shape:
         return flat.reshape(())
-    pshape = [h.shape[d] for d in h.perm]
-    t = flat.view(pshape)
-    if h.perm != tuple(range(len(h.perm))):
-        inv = [0] * len(h.perm)
-        for i, d in enumerate(h.perm):
-            inv[d] = i
-        t = t.permute(inv)
-    return t
+    if h.perm == _IDENT[len(h.perm)]:
+        return flat.view(h.shape)
+    inv = [0] * len(h.perm)
+    for i, d in enumerate(h.perm):
+        inv[d] = i
+    return flat.view([h.shape[d] for d in h.perm]).permute(inv)
 
 
 def frame_from_header(h: TensorHeader, tensor: torch.Tensor) -> Frame:

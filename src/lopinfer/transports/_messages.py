@@ -141,5 +141,5 @@ def decode_message(data: Any) -> Message:
         _decoder = msgspec.msgpack.Decoder(Union[tuple(_REGISTRY.values())])  # noqa: UP007
     try:
         return _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise ProtocolError(f"bad control message: {exc}") from None

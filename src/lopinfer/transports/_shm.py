@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import struct
 import sys
 import tempfile
@@ -406,13 +407,17 @@ async def open_stream(url: SplitResult, options: Options) -> ShmStream:
     name = _name(url, listening=False)
     loop = asyncio.get_running_loop()
     path = _socket_path(name)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        _, stream = await asyncio.wait_for(
-            loop.create_unix_connection(lambda: ShmStream(options, client=True), path), options.connect_timeout
-        )
+        sock.setblocking(False)
+        # our own socket: uvloop cannot address the abstract namespace by path
+        await asyncio.wait_for(loop.sock_connect(sock, path), options.connect_timeout)
+        _, stream = await loop.create_unix_connection(lambda: ShmStream(options, client=True), sock=sock)
     except asyncio.TimeoutError:
+        sock.close()
         raise ConnectError(f"connecting to shm://{name} timed out") from None
     except OSError as exc:
+        sock.close()
         raise ConnectError(f"nothing listens on shm://{name}: {exc.strerror or exc}") from exc
     assert stream.ready is not None
     try:
@@ -429,8 +434,13 @@ async def start_server(url: SplitResult, on_stream: StreamHandler, options: Opti
     name = _name(url, listening=True)
     loop = asyncio.get_running_loop()
     path = _socket_path(name)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        server = await loop.create_unix_server(lambda: ShmStream(options, on_ready=on_stream), path)
+        sock.bind(path)
+        sock.listen(128)
+        sock.setblocking(False)
+        server = await loop.create_unix_server(lambda: ShmStream(options, on_ready=on_stream), sock=sock)
     except OSError as exc:
+        sock.close()
         raise ConnectError(f"could not listen on shm://{name}: {exc.strerror or exc}") from exc
     return ShmServer(server, name, path)
