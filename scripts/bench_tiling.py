@@ -157,8 +157,6 @@ def bench_model(name: str, size: int, tiles: list[int], repeats: int, tiny: int,
             "extra_us_per_task": (statistics.median(te) - statistics.median(tp)) / tasks * 1e6,
         })
     n_nodes = len(graph.nodes)
-    del model, graph, gt, executors
-    gc.collect()
     return {
         "model": name,
         "input": [1, 3, size, size],
@@ -188,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
         results.append(bench_model(name, args.size, tiles, args.repeats, args.tiny_size,
                                    args.tiny_repeats))
+        gc.collect()
     doc = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
