@@ -128,8 +128,7 @@ POINTWISE = set(
     _to_copy clone alias lift_fresh_copy detach square logit threshold add sub rsub mul div
     pow maximum minimum fmax fmin remainder fmod atan2 eq ne lt le gt ge logical_and
     logical_or logical_xor bitwise_and bitwise_or bitwise_xor where masked_fill lerp
-    addcmul addcdiv copy hypot xlogy _prelu_kernel fill sigmoid_ native_dropout
-    _native_batch_norm_legit_no_training""".split()
+    addcmul addcdiv copy hypot xlogy fill native_dropout""".split()
 )
 
 
@@ -150,8 +149,6 @@ def pointwise(node: Node, g: Graph, td: TD) -> Locality | None:
             break
     if out_dim is None:
         return None
-    if node.target.startswith("aten._native_batch_norm_legit_no_training") and out_dim == 1:
-        return None  # tiling channels would need the per-channel params sliced: keep simple
     deps = []
     for r in refs:
         m = g.meta(r).shape
@@ -163,6 +160,14 @@ def pointwise(node: Node, g: Graph, td: TD) -> Locality | None:
         else:
             return None
     return Locality(node, out_dim, deps)
+
+
+def per_channel(node: Node, g: Graph, td: TD) -> Locality | None:
+    """Batch norm (inference), prelu: parameters index channels (dim 1), not broadcast."""
+    if node.target.startswith("aten.native_batch_norm.") and node.args[5]:
+        return None  # training-mode statistics are over every row: global
+    x = _x(node)
+    return _same_rows(node, g, td, x, lambda d: d if d != 1 else None)
 
 
 # -- sliding windows: convolution, pooling -------------------------------------------
@@ -188,8 +193,10 @@ class Window(Locality):
 
     def _args(self) -> tuple[Any, ...]:
         args = list(self.node.args)
+        while len(args) <= self.pad_arg:  # trailing defaults: stride=[] (kernel), padding=0
+            args.append([] if len(args) == 2 else 0)
         n = len(self.node.meta.shape) - self.dim + self.axis  # number of spatial dims
-        pad = _expand(args[self.pad_arg], max(n, self.axis + 1))
+        pad = _expand(args[self.pad_arg], n)
         pad[self.axis] = 0
         args[self.pad_arg] = pad
         return tuple(args)
@@ -909,6 +916,9 @@ Rule = Callable[[Node, Graph, TD], "Locality | None"]
 
 RULES: dict[str, Rule] = {name: pointwise for name in POINTWISE}
 RULES.update({
+    "_native_batch_norm_legit_no_training": per_channel,
+    "native_batch_norm": per_channel,
+    "_prelu_kernel": per_channel,
     "convolution": convolution,
     "max_pool2d_with_indices": max_pool,
     "max_pool3d_with_indices": max_pool,
