@@ -269,7 +269,7 @@ def _check_rows(dim: Any, start: Any, stop: Any, shape: tuple[int, ...], exc: ty
         )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tensor_struct(nd: int) -> struct.Struct:
     return struct.Struct(f"<4sBBHIQHBBb3sIQQQqqQq{nd}Q{nd}B")
 

@@ -251,13 +251,19 @@ class ShmStream(SocketStream):
             _unlink(self._own)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.ready is not None and not self.ready.done():
-            try:
-                self._reader.updated(nbytes)
-            except ProtocolError as exc:
+        if self.ready is None or self.ready.done():
+            super().buffer_updated(nbytes)
+            return
+        try:
+            self._reader.updated(nbytes)
+        except ProtocolError as exc:
+            if self.ready.done():  # the handshake completed earlier in this same batch
+                self._protocol_failed(exc)
+            else:
                 self._fail_handshake(ConnectError(f"shm handshake failed: {exc}"))
             return
-        super().buffer_updated(nbytes)
+        if self._stall_handle is None and self._reader.in_frame:
+            self._arm_stall()
 
     # -- notifications ----------------------------------------------------------------
     def _send_record(self, rtype: int, body: bytes) -> None:

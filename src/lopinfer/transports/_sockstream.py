@@ -165,15 +165,18 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
         try:
             self._reader.updated(nbytes)
         except ProtocolError as exc:
-            # stop parsing; keep reading (and dropping) so that the peer can still
-            # receive our error message and see a clean close rather than a reset
-            self._discard = memoryview(bytearray(16384))
-            self._inbox.fail(exc)
-            if self._inbox.paused:
-                self._resume_reading()
+            self._protocol_failed(exc)
             return
         if self._stall_handle is None and self._reader.in_frame:
             self._arm_stall()
+
+    def _protocol_failed(self, exc: ProtocolError) -> None:
+        # stop parsing; keep reading (and dropping) so that the peer can still
+        # receive our error message and see a clean close rather than a reset
+        self._discard = memoryview(bytearray(16384))
+        self._inbox.fail(exc)
+        if self._inbox.paused:
+            self._resume_reading()
 
     def eof_received(self) -> bool:
         return False
@@ -311,8 +314,11 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
         except Exception:
             t.abort()
         else:
-            if error and t.can_write_eof():
-                t.write_eof()  # lingering close: the peer reads our error, then EOF
+            if t.can_write_eof():
+                # half-close and wait for the peer's close: closing with unread data
+                # (or data the peer still sends) would reset the connection instead,
+                # and the peer could lose the end of what we sent
+                t.write_eof()
             else:
                 t.close()
         assert self._closed_waiter is not None
