@@ -115,3 +115,15 @@ def test_partition():
     with pytest.raises(ValueError):
         TiledExecutor(lopinfer.capture(*REFERENCE_NETS["vgg"]()[:1], (torch.randn(1, 3, 32, 32),)),
                       lambda node: [0, 1])
+
+
+def test_min_rows_caps_thin_tiles():
+    edges = partition(14, 16, min_rows=2)
+    assert all(b - a >= 2 for a, b in zip(edges, edges[1:]))
+    assert len(partition(14, 16, min_rows=2)) - 1 == 7
+    model, x = REFERENCE_NETS["vgg"]()
+    graph = lopinfer.capture(model, (x,))
+    ex = TiledExecutor(graph, 16, min_rows=4)
+    assert all(t.b - t.a >= 4 for t in ex.tasks if t.kind == "tile" and
+               graph[t.value].locality.size >= 4)
+    assert_exact(ex(x), reference(model, x))

@@ -38,11 +38,15 @@ TileSpec = Union[int, Sequence[float], Mapping[str, Sequence[int]], Callable[[No
 Reader = Callable[[list], torch.Tensor]
 
 
-def partition(size: int, tiles: int | Sequence[float]) -> list[int]:
-    """Tile edges [0, e1, ..., size] for ``tiles`` equal tiles or relative sizes."""
+def partition(size: int, tiles: int | Sequence[float], min_rows: int = 1) -> list[int]:
+    """Tile edges [0, e1, ..., size] for ``tiles`` equal tiles or relative sizes.
+
+    ``min_rows`` caps an equal split so no tile is thinner than that (tiny tiles of
+    small late feature maps cost more per row than they pipeline)."""
     if isinstance(tiles, int):
         if tiles < 1:
             raise ValueError(f"tile count must be >= 1, got {tiles}")
+        tiles = max(1, min(tiles, size // max(1, min_rows)))
         weights: Sequence[float] = [1.0] * tiles
     else:
         weights = list(tiles)
@@ -93,13 +97,16 @@ class TiledExecutor:
         graph: a captured graph (``lopinfer.capture``).
         tiles: tile count for every local node (default 4), relative tile sizes, a
             mapping node name -> edges, or a function node -> edges.
+        min_rows: with a tile count, the thinnest tile allowed (default 1: exactly
+            ``tiles`` tiles wherever a node has that many rows).
 
     Calling the executor with the inputs returns what the model returns.
     """
 
-    def __init__(self, graph: Graph, tiles: TileSpec = 4) -> None:
+    def __init__(self, graph: Graph, tiles: TileSpec = 4, *, min_rows: int = 1) -> None:
         self.graph = graph
         self.tiles = tiles
+        self.min_rows = min_rows
         self.tasks: list[Task] = []
         self._chunks: dict[str, _Chunks] = {}
         self._compile()
@@ -115,7 +122,7 @@ class TiledExecutor:
         elif isinstance(spec, Mapping):
             edges = list(spec[node.name]) if node.name in spec else [0, size]
         else:
-            edges = partition(size, spec)  # type: ignore[arg-type]
+            edges = partition(size, spec, self.min_rows)  # type: ignore[arg-type]
         if edges[0] != 0 or edges[-1] != size or any(x >= y for x, y in zip(edges, edges[1:])):
             raise ValueError(f"bad tile edges for {node.name} (size {size}): {edges}")
         return edges
@@ -157,7 +164,10 @@ class TiledExecutor:
             else:
                 slots[ref] = len(task.readers)
                 task.readers.append(self._reader(task, ref, None, None))
-        task.fn = bind_call(node, slots, static)
+        # tiles may leave a value in another memory format than the plain run would
+        # (channels_last from oneDNN): view on a whole value must then copy
+        op = _RESHAPE if node.target.split(".")[1] in ("view", "_unsafe_view") else None
+        task.fn = bind_call(node, slots, static, op=op)
         self._chunks[node.name] = _Chunks(None, [(task.id, 0, 0)])
 
     def _compile_tiles(self, node: Node, pos: int) -> None:
@@ -315,6 +325,9 @@ class TiledExecutor:
     def __repr__(self) -> str:
         n_tiles = sum(1 for t in self.tasks if t.kind == "tile")
         return f"<TiledExecutor {self.graph.name!r} tasks={len(self._program)} tiles={n_tiles}>"
+
+
+_RESHAPE = torch.ops.aten.reshape.default
 
 
 def _take(tid: int) -> Reader:

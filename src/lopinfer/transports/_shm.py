@@ -78,6 +78,10 @@ class _RecordReader:
             n = self._end - self._start
             self._buf[:n] = self._mv[self._start : self._end]
             self._start, self._end = 0, n
+        if len(self._buf) - self._end < _MAX_BODY + REC.size:  # full of records held back
+            self._mv.release()
+            self._buf.extend(bytes(len(self._buf)))
+            self._mv = memoryview(self._buf)
         return self._mv[self._end :]
 
     def updated(self, n: int) -> None:
@@ -85,8 +89,9 @@ class _RecordReader:
         self._end += n
         acked = 0
         s, mv = self._s, self._mv
+        inbox = s._inbox
         try:
-            while self._end - self._start >= REC.size:
+            while self._end - self._start >= REC.size and not inbox.paused:
                 rtype, blen = REC.unpack_from(mv, self._start)
                 if blen > _MAX_BODY:
                     raise ProtocolError(f"shm notification of {blen} bytes is too long")
@@ -264,6 +269,16 @@ class ShmStream(SocketStream):
             return
         if self._stall_handle is None and self._reader.in_frame:
             self._arm_stall()
+
+    def _resume_reading(self) -> None:
+        # records left unprocessed while the inbox was full come first
+        try:
+            self._reader.updated(0)
+        except ProtocolError as exc:
+            self._protocol_failed(exc)
+            return
+        if not self._inbox.paused:
+            super()._resume_reading()
 
     # -- notifications ----------------------------------------------------------------
     def _send_record(self, rtype: int, body: bytes) -> None:

@@ -223,11 +223,17 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
 
     def _pause_reading(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.pause_reading()
+            try:
+                self._transport.pause_reading()
+            except RuntimeError:  # uvloop: already closed
+                pass
 
     def _resume_reading(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+            try:
+                self._transport.resume_reading()
+            except RuntimeError:
+                pass
 
     def _arm_stall(self) -> None:
         t = self.options.stall_timeout
@@ -306,6 +312,10 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
                 await asyncio.shield(self._closed_waiter)
             return
         self._closing = True
+        if t.is_closing():  # the peer closed first
+            assert self._closed_waiter is not None
+            await wait_future(asyncio.shield(self._closed_waiter), self.options.close_timeout, "closing")
+            return
         try:
             if self._error is None and self._write_paused:
                 assert self._loop is not None
@@ -314,13 +324,16 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
         except Exception:
             t.abort()
         else:
-            if t.can_write_eof():
-                # half-close and wait for the peer's close: closing with unread data
-                # (or data the peer still sends) would reset the connection instead,
-                # and the peer could lose the end of what we sent
-                t.write_eof()
-            else:
-                t.close()
+            try:
+                if t.can_write_eof():
+                    # half-close and wait for the peer's close: closing with unread data
+                    # (or data the peer still sends) would reset the connection instead,
+                    # and the peer could lose the end of what we sent
+                    t.write_eof()
+                else:
+                    t.close()
+            except (RuntimeError, OSError):  # closed under our feet (uvloop raises)
+                t.abort()
         assert self._closed_waiter is not None
         try:
             await wait_future(asyncio.shield(self._closed_waiter), self.options.close_timeout, "closing")
@@ -334,7 +347,10 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
 
     def send_buffered(self) -> int:
         t = self._transport
-        return t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+        try:
+            return t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+        except RuntimeError:
+            return 0
 
     def recv_buffered(self) -> tuple[int, int]:
         return self._inbox.buffered()
