@@ -206,29 +206,15 @@ class Connection:
             await self._wait_space(opts.send_timeout if timeout is _DEFAULT else timeout)
             self._check_open()
         if not self._queue and not self._writing and item.job is None:
-            # fast path: nothing ahead of us, write from the caller's task
-            stream = self._stream
+            # fast path: nothing ahead of us and the transport takes it without waiting
             start = now_ns()
             try:
-                if stream.send_nowait(item.header, item.payload):
+                if self._stream.send_nowait(item.header, item.payload):
                     self._sent(item, start, now_ns())
                     return
-                self._writing = True
-                await stream.send(item.header, item.payload)
-            except BaseException as exc:
-                self._writing = False
-                self._fail(exc if isinstance(exc, TransportError) else ConnectionClosedError(
-                    f"send interrupted mid-frame ({type(exc).__name__}); connection closed"))
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                raise self._error from exc  # type: ignore[misc]
-            self._writing = False
-            self._sent(item, start, now_ns())
-            if self._queue:
-                self._start_writer()
-            elif not self._queue:
-                self._wake(self._drain_waiters)
-            return
+            except TransportError as exc:
+                self._fail(exc)
+                raise
         self._queue.append(item)
         self._queued_bytes += item.raw
         self._start_writer()

@@ -81,8 +81,9 @@ class Listener:
         finally:
             try:
                 await conn.aclose()
-            except Exception:  # pragma: no cover - aclose maps its own errors
+            except BaseException:  # cancelled by a shutdown, or anything else: close hard
                 conn.abort()
+                raise
 
     def statistics(self) -> ListenerStatistics:
         return ListenerStatistics(

@@ -23,6 +23,7 @@ log = logging.getLogger("lopinfer.transports")
 _STAGING = 256 * 1024
 _DIRECT_MIN = 32 * 1024  # read payload remainders at least this big straight into the tensor
 _JOIN_MAX = 64 * 1024  # header and payload up to this size go out in one write
+_NOWAIT_MAX = 1 << 20  # write payloads up to this size at once (the OS takes most of it)
 _CHUNK = 4 << 20  # largest single write of a big payload
 
 
@@ -276,10 +277,16 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
     def send_nowait(self, header: bytes, payload: memoryview) -> bool:
         if self._error is not None:
             raise self._error
-        if self._write_paused or self._closing or len(payload) > _JOIN_MAX:
+        n = len(payload)
+        if self._write_paused or self._closing or n > _NOWAIT_MAX:
             return False
-        assert self._transport is not None
-        self._transport.write(header + payload if payload else header)
+        t = self._transport
+        assert t is not None
+        if n <= _JOIN_MAX:
+            t.write(header + payload if n else header)
+        else:
+            t.write(header)
+            t.write(payload)
         return True
 
     async def send(self, header: bytes, payload: memoryview) -> None:
@@ -312,6 +319,15 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
                 await asyncio.shield(self._closed_waiter)
             return
         self._closing = True
+        # nothing more will be received: drop what comes, but read on, so that the
+        # peer's close is noticed even if a full inbox had paused reading
+        if self._discard is None:
+            self._discard = memoryview(bytearray(16384))
+        if self._inbox.paused and not t.is_closing():
+            try:
+                t.resume_reading()
+            except RuntimeError:
+                pass
         if t.is_closing():  # the peer closed first
             assert self._closed_waiter is not None
             await wait_future(asyncio.shield(self._closed_waiter), self.options.close_timeout, "closing")
