@@ -271,14 +271,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_torch() -> None:
-    """torch.export logs whole graphs when a capture fails; the one-line error says why."""
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Any:
+    """Raise torch's loggers to ERROR for the duration (torch.export logs graphs and
+    guard warnings when a capture fails; the one-line error says why)."""
+    saved = []
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if (name == "torch" or name.startswith("torch.")) and isinstance(logger, logging.Logger):
+            saved.append((logger, logger.level))
+            logger.setLevel(logging.ERROR)
+    if not any(lg.name == "torch" for lg, _ in saved):
+        root = logging.getLogger("torch")
+        saved.append((root, root.level))
+        root.setLevel(logging.ERROR)
     try:
-        import torch._logging
-
-        torch._logging.set_logs(all=logging.ERROR)
-    except (ImportError, AttributeError, TypeError):  # an older torch: best effort
-        logging.getLogger("torch").setLevel(logging.ERROR)
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -290,8 +300,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if args.verbose < 2:
-        _quiet_torch()
     noise = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.ExitStack() as stack:
@@ -300,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.verbose < 2:
                 # torch.export prints partial graphs to stderr when a capture fails
                 stack.enter_context(contextlib.redirect_stderr(noise))
+                stack.enter_context(_quiet_torch_logs())
             return args._run(args)
     except LopInferError as exc:
         msg = " ".join(str(exc).split())  # one line, whatever the message holds

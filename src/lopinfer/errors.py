@@ -19,6 +19,7 @@ __all__ = [
     "ConnectionClosedError",
     "TransportTimeoutError",
     "ProtocolError",
+    "DeployError",
     "AuthError",
     "RemoteError",
     "MissingDependencyError",
@@ -63,6 +64,10 @@ class TransportTimeoutError(TransportError, TimeoutError):
 
 class ProtocolError(LopInferError):
     """Bytes from the peer do not form a valid frame or message."""
+
+
+class DeployError(ProtocolError):
+    """A deployed graph or its weights fail validation (names the node or field)."""
 
 
 class AuthError(LopInferError):

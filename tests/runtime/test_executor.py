@@ -112,9 +112,12 @@ def test_partition():
     assert partition(10, [1, 0, 1]) == [0, 5, 10]
     with pytest.raises(ValueError):
         partition(10, 0)
-    with pytest.raises(ValueError):
-        TiledExecutor(lopinfer.capture(*REFERENCE_NETS["vgg"]()[:1], (torch.randn(1, 3, 32, 32),)),
-                      lambda node: [0, 1])
+    # edges from a callable are clipped to the node's rows and closed at both ends
+    model, x = REFERENCE_NETS["vgg"]()
+    ex = TiledExecutor(lopinfer.capture(model, (x,)), lambda node: [0, 1])
+    conv = next(t for t in ex.tasks if t.kind == "tile")
+    assert (conv.a, conv.b) == (0, 1)
+    assert_exact(ex(x), reference(model, x))
 
 
 def test_min_rows_caps_thin_tiles():

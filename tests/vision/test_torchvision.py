@@ -11,13 +11,15 @@ layers still have at least 7 rows to cut into 7 tiles:
 =======================================  =====  ============================================
 models                                    size  why
 =======================================  =====  ============================================
-most CNNs (resnet, vgg, densenet, ...)      64  stem output 16-32 rows; deepest maps 2x2
-inception_v3                                96  valid (unpadded) stem convs need >= 75
-googlenet, alexnet                          64
+most CNNs (resnet, vgg, densenet, ...)      80  stem output 20-40 rows; 80 = 5 x 16, so the
+                                                deepest maps are odd (5x5, 3x3): stride-2
+                                                windows and ceil-mode pools hit ragged edges
+inception_v3                                99  valid (unpadded) stem convs need >= 75
 vit_*                                      224  fixed ``image_size`` (checked in forward)
 maxvit_t                                   224  7x7 window and grid partitions at every stage
 swin_*, swin_v2_*                          224  8x8 windows of 7 at stage 1, as trained
-segmentation (fcn, deeplabv3, lraspp)      128  stride 8/16 features of 16/8 rows
+segmentation (fcn, deeplabv3, lraspp)      100  stride 8/16 maps of 13/7 rows, upsampled
+                                                back by a non-integer factor
 =======================================  =====  ============================================
 
 ``LOPINFER_TEST_THREADS`` sets torch's thread count (default 2). On a shared machine,
@@ -42,13 +44,13 @@ from lopinfer.verify import verify  # noqa: E402
 
 pytestmark = pytest.mark.vision
 
-DEFAULT_SIZE = 64
+DEFAULT_SIZE = 80
 SIZES: dict[str, int] = {
-    "inception_v3": 96,
+    "inception_v3": 99,
     "maxvit_t": 224,
-    "fcn_resnet50": 128,
-    "deeplabv3_mobilenet_v3_large": 128,
-    "lraspp_mobilenet_v3_large": 128,
+    "fcn_resnet50": 100,
+    "deeplabv3_mobilenet_v3_large": 100,
+    "lraspp_mobilenet_v3_large": 100,
 }
 for _prefix in ("vit_", "swin_"):
     SIZES.update({n: 224 for n in torchvision.models.list_models() if n.startswith(_prefix)})

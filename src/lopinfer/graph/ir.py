@@ -109,6 +109,7 @@ class Graph:
         self.outputs = outputs
         self.out_spec = out_spec  # pytree spec of the model's output, as JSON
         self.name = name
+        self.input_dims: dict[str, int | None] = {}  # tracked dim of each input (analyse)
         self._by_name = {n.name: n for n in nodes}
         self._check()
 

@@ -1029,6 +1029,7 @@ def analyse(graph: Graph, *, tiled_dim: int | None = None) -> Graph:
     td: dict[str, int | None] = {}
     for name, meta in graph.inputs.items():
         td[name] = default_dim(meta.shape, tiled_dim)
+    graph.input_dims = {name: td[name] for name in graph.inputs}
     for name in graph.params:
         td[name] = None
     for node in graph.nodes:

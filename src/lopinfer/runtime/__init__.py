@@ -1,5 +1,7 @@
-"""Execution: the row-streaming executor (and, on top of it, client and server)."""
+"""Execution: plans compiled into tasks, the row-streaming executor."""
 
-from .executor import Task, TiledExecutor, partition, run_tiled
+from .executor import TiledExecutor, check_inputs, pack_outputs, partition, run_tiled
+from .program import Program, Task, compile_plan
 
-__all__ = ["TiledExecutor", "Task", "partition", "run_tiled"]
+__all__ = ["TiledExecutor", "Task", "Program", "compile_plan", "partition", "run_tiled",
+           "check_inputs", "pack_outputs"]

@@ -55,12 +55,13 @@ def codec_executor() -> ThreadPoolExecutor:
 
 
 class _KeyStats:
-    __slots__ = ("ratio", "speed", "seen")
+    __slots__ = ("ratio", "speed", "seen", "measured")
 
     def __init__(self, ratio: float, speed: float) -> None:
         self.ratio = ratio
         self.speed = speed
         self.seen = 0
+        self.measured = False
 
 
 class AdaptiveCompressor:
@@ -128,8 +129,11 @@ class AdaptiveCompressor:
         self.speed += _ALPHA * (speed - self.speed)
         st = self._keys.get(key)
         if st is not None:
-            st.ratio += _ALPHA * (ratio - st.ratio)
-            st.speed += _ALPHA * (speed - st.speed)
+            if st.measured:
+                st.ratio += _ALPHA * (ratio - st.ratio)
+                st.speed += _ALPHA * (speed - st.speed)
+            else:  # the first measurement of a stream replaces the prior
+                st.ratio, st.speed, st.measured = ratio, speed, True
         if len(out) >= n * _MIN_GAIN:
             return None
         self.compressed += 1
