@@ -7,7 +7,7 @@ reason, so the suite also runs in the ``minimal`` tox env.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,7 +16,15 @@ import pytest
 
 from lopinfer import transports as T
 
-HAVE = {m: importlib.util.find_spec(m) is not None for m in ("aiohttp", "uvloop", "lz4", "websockets")}
+def _installed(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+HAVE = {m: _installed(m) for m in ("aiohttp", "uvloop", "lz4", "websockets")}
 
 SCHEMES = ["tcp", "ws", "shm", "mem"]
 LISTEN_URL = {
