@@ -1,0 +1,246 @@
+"""One peer's share of an inference, run by one compute thread per device.
+
+:class:`PeerRun` holds the tasks a compiled :class:`Program` gives one peer for one
+inference: which are ready, their outputs, and which pieces go to the other peer after
+each task. :class:`DeviceWorker` is the one thread that computes on a device; it takes
+ready tasks from every run it serves in turn (a fair queue across sessions) and,
+within a run, prefers tasks whose rows must be sent, so the link starts early.
+
+Thread contract: the worker thread executes kernels; the event loop delivers received
+pieces (:meth:`PeerRun.deliver`) and is told about pieces to send and the end of the
+run through callbacks it provides (which must be thread-safe, e.g. via
+``loop.call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+
+from ..errors import ProtocolError
+from .program import Program, Task
+
+__all__ = ["PeerRun", "DeviceWorker", "Span"]
+
+log = logging.getLogger("lopinfer.runtime")
+
+Span = tuple[str, int, float, float]  # (kind, task id, start, end) in time.perf_counter()
+SendFn = Callable[[Task, torch.Tensor], None]
+
+
+class PeerRun:
+    """The tasks of ``peer`` for one inference and their state."""
+
+    def __init__(self, program: Program, peer: str, *, on_send: SendFn,
+                 on_done: Callable[[PeerRun], None], inputs: tuple[torch.Tensor, ...] = (),
+                 device: torch.device | None = None) -> None:
+        self.program, self.peer = program, peer
+        self.on_send, self.on_done = on_send, on_done
+        self.device = device
+        tasks = program.tasks
+        mine = [t for t in tasks if t.peer == peer]
+        self.todo = {t.id for t in mine}
+        self.store: dict[int, Any] = {}
+        # a recv task waits for its delivery, not for the other peer's task
+        self.missing = {t.id: 1 if t.kind == "recv" else len(t.deps) for t in mine}
+        self.users: dict[int, list[int]] = {t.id: [] for t in mine}
+        self.sends: dict[int, list[Task]] = {}
+        for t in mine:
+            if t.kind != "recv":
+                for d in t.deps:
+                    self.users[d].append(t.id)
+        for t in tasks:  # pieces the other peer receives from my tasks
+            if t.kind == "recv" and t.peer != peer:
+                self.sends.setdefault(t.deps[0], []).append(t)
+        self.refs = {tid: len(u) for tid, u in self.users.items()}
+        self.keep = set(program.outputs) | set(program.inputs) if peer == "client" else set()
+        self.expect = {t.id: t for t in mine if t.kind == "recv"}
+        self.ready: list[tuple[int, float, int, int]] = []
+        self.lock = threading.Lock()
+        self.spans: list[Span] = []
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.finished = False
+        self.started = time.perf_counter()
+        self.worker: DeviceWorker | None = None
+        with self.lock:
+            for t in mine:
+                if self.missing[t.id] == 0 and t.kind not in ("input", "recv"):
+                    self._push(t)
+        for tid, x in zip(program.inputs, inputs):
+            if tid in self.todo:
+                self._complete(tid, x)
+        if not self.todo and not self.finished:  # nothing to do on this peer
+            self.finished = True
+            on_done(self)
+
+    # -- readiness --------------------------------------------------------------------
+    def _push(self, t: Task) -> None:
+        urgent = 0 if t.id in self.sends else 1  # rows the other peer waits for go first
+        heapq.heappush(self.ready, (urgent, -t.rank, t.a, t.id))
+
+    def pop_ready(self) -> Task | None:
+        with self.lock:
+            if self.cancelled or not self.ready:
+                return None
+            return self.program.tasks[heapq.heappop(self.ready)[3]]
+
+    @property
+    def has_ready(self) -> bool:
+        return bool(self.ready) and not self.cancelled
+
+    def run_task(self, t: Task) -> None:
+        """Execute ``t`` (worker thread) and complete it."""
+        start = time.perf_counter()
+        with torch.inference_mode():
+            xs = [r(self.store) for r in t.readers]
+            out = t.fn(*xs)
+        self.spans.append((t.kind, t.id, start, time.perf_counter()))
+        self._complete(t.id, out)
+
+    def deliver(self, tid: int, a: int, b: int, tensor: torch.Tensor) -> None:
+        """A piece from the other peer arrived (event loop thread).
+
+        Raises:
+            ProtocolError: the piece is not one this run expects, or has the wrong shape.
+        """
+        t = self.expect.get(tid)
+        if t is None or tid in self.store:
+            raise ProtocolError(f"unexpected tensor {tid} for this inference")
+        want = list(self.program.graph.meta(t.value).shape)
+        if t.dim is not None:
+            want[t.dim] = t.b - t.a
+            if (a, b) != (t.a, t.b):
+                raise ProtocolError(f"tensor {tid}: rows [{a}, {b}) where [{t.a}, {t.b}) was expected")
+        if list(tensor.shape) != want or tensor.dtype != self.program.graph.meta(t.value).dtype:
+            raise ProtocolError(f"tensor {tid}: {tensor.dtype}{list(tensor.shape)} where "
+                                f"{want} was expected")
+        if self.device is not None and tensor.device != self.device:
+            tensor = tensor.to(self.device, non_blocking=True)
+        self._complete(tid, tensor)
+        if self.worker is not None:
+            self.worker.wake(self)
+
+    def _complete(self, tid: int, out: Any) -> None:
+        tasks = self.program.tasks
+        with self.lock:
+            self.store[tid] = out
+            self.todo.discard(tid)
+            pieces = [(r, r.readers[0](self.store)) for r in self.sends.get(tid, ())]
+            for u in self.users.get(tid, ()):
+                self.missing[u] -= 1
+                if self.missing[u] == 0 and tasks[u].kind != "recv":
+                    self._push(tasks[u])
+            for d in (tasks[tid].deps if tasks[tid].kind != "recv" else ()):
+                if d in self.refs:  # free chunks no task here reads any more
+                    self.refs[d] -= 1
+                    if self.refs[d] == 0 and d not in self.keep and d in self.store:
+                        del self.store[d]
+            if self.refs.get(tid, 1) == 0 and tid not in self.keep:
+                del self.store[tid]  # only sent, never read here
+            done = not self.todo and not self.finished
+            if done:
+                self.finished = True
+        for r, piece in pieces:
+            self.on_send(r, piece)
+        if done:
+            self.on_done(self)
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.finished:
+                return
+            self.error, self.finished = exc, True
+        self.on_done(self)
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.cancelled = True
+
+    def outputs(self) -> list[torch.Tensor]:
+        return [self.store[tid] for tid in self.program.outputs]
+
+    def __repr__(self) -> str:
+        return (f"<PeerRun {self.peer} todo={len(self.todo)} ready={len(self.ready)} "
+                f"finished={self.finished}>")
+
+
+class DeviceWorker:
+    """The one compute thread of a device, fair across the runs it serves."""
+
+    def __init__(self, name: str = "lopinfer-worker") -> None:
+        self._queue: deque[PeerRun | Callable[[], None]] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self.busy_s = 0.0
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def add(self, run: PeerRun) -> None:
+        run.worker = self
+        self.wake(run)
+
+    def wake(self, run: PeerRun) -> None:
+        with self._cv:
+            if run not in self._queue:
+                self._queue.append(run)
+            self._cv.notify()
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on this thread (after the work queued before it)."""
+        fut: Future = Future()
+
+        def job() -> None:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # handed to the waiter
+                    fut.set_exception(exc)
+
+        with self._cv:
+            self._queue.append(job)
+            self._cv.notify()
+        return fut
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if self._closed and not self._queue:
+                    return
+                item = self._queue.popleft()
+            if not isinstance(item, PeerRun):
+                item()
+                continue
+            task = item.pop_ready()
+            if task is None:
+                continue
+            start = time.perf_counter()
+            try:
+                item.run_task(task)
+            except BaseException as exc:  # a kernel failed: the run fails, not the worker
+                log.warning("task %r failed: %s", task, exc)
+                item.fail(exc)
+            self.busy_s += time.perf_counter() - start
+            if item.has_ready:
+                with self._cv:
+                    if item not in self._queue:
+                        self._queue.append(item)  # to the back: other runs get a turn
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout=5)
+
+    def __repr__(self) -> str:
+        return f"<DeviceWorker queued={len(self._queue)} busy={self.busy_s:.3f}s>"
