@@ -16,7 +16,7 @@ from ._frame import (
     Frame,
     Limits,
     TensorHeader,
-    as_uint8_tensor,
+    as_uint8_array,
     build_tensor,
     control_header,
     frame_from_header,
@@ -62,4 +62,4 @@ def decode_frame(data: Any, *, limits: Limits = _LIMITS) -> Frame | Message:
     if pre.type == TYPE_CONTROL:
         return decode_message(raw)
     assert isinstance(h, TensorHeader)
-    return frame_from_header(h, build_tensor(h, as_uint8_tensor(raw)))
+    return frame_from_header(h, build_tensor(h, as_uint8_array(raw)))

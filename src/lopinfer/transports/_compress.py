@@ -22,7 +22,7 @@ from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-import torch
+import numpy as np
 
 from ..errors import MissingDependencyError, ProtocolError
 
@@ -140,8 +140,8 @@ class AdaptiveCompressor:
         self.bytes_saved += n - len(out)
         return out
 
-    def decompress(self, data: Any, raw_len: int) -> torch.Tensor:
-        """Decode an LZ4 block of ``raw_len`` bytes into a fresh writable uint8 tensor.
+    def decompress(self, data: Any, raw_len: int) -> np.ndarray:
+        """Decode an LZ4 block of ``raw_len`` bytes into a fresh writable uint8 array.
 
         Raises:
             ProtocolError: corrupt block or wrong decoded length.
@@ -151,7 +151,7 @@ class AdaptiveCompressor:
         dt = time.perf_counter() - t0
         if dt > 0:
             self.decompress_speed += _ALPHA * (raw_len / dt - self.decompress_speed)
-        return torch.frombuffer(out, dtype=torch.uint8)
+        return np.frombuffer(out, dtype=np.uint8)
 
 
 def decompress_block(data: Any, raw_len: int) -> bytearray:

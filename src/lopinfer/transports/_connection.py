@@ -26,8 +26,7 @@ from ._frame import (
     TYPE_CONTROL,
     Frame,
     PreparedTensor,
-    TensorHeader,
-    as_uint8_tensor,
+    as_uint8_array,
     build_tensor,
     control_header,
     frame_from_header,
@@ -150,10 +149,13 @@ class Connection:
         """
         self._check_open()
         p = prepare_tensor(frame, self.options.limits)
+        comp = self._compressor
         key = (frame.kind, frame.tensor_id)
-        compress = self._compressor.should_try(p.nbytes, key, self.bandwidth_estimate)
+        compress = (
+            comp.mode != "off" and p.nbytes >= comp.min_size and comp.should_try(p.nbytes, key, self.bandwidth_estimate)
+        )
         item = _Outgoing(p.nbytes, "tensor", now_ns())
-        heavy = compress or p.needs_copy or frame.tensor.device.type != "cpu"
+        heavy = compress or p.needs_copy or not frame.tensor.is_cpu
         if heavy and p.nbytes >= self.options.offload_threshold:
             item.job = self._loop.run_in_executor(codec_executor(), self._encode_tensor, p, compress, key)
         else:
@@ -340,30 +342,29 @@ class Connection:
 
     async def _decode(self, raw: RawFrame) -> Frame | Message:
         pre, h = parse_header(raw.header, self.options.limits)
-        data = as_uint8_tensor(raw.payload)
-        if data.numel() != pre.payload_len:
-            raise ProtocolError(f"payload has {data.numel()} bytes, header says {pre.payload_len}")
-        compressed = bool(pre.flags & FLAG_LZ4)
+        data = as_uint8_array(raw.payload)
+        if data.size != pre.payload_len:
+            raise ProtocolError(f"payload has {data.size} bytes, header says {pre.payload_len}")
+        compressed = pre.flags & FLAG_LZ4
         if compressed:
-            src = data.numpy()
             if h.raw_len >= self.options.offload_threshold:
-                data = await self._loop.run_in_executor(codec_executor(), self._compressor.decompress, src, h.raw_len)
+                data = await self._loop.run_in_executor(codec_executor(), self._compressor.decompress, data, h.raw_len)
             else:
-                data = self._compressor.decompress(src, h.raw_len)
+                data = self._compressor.decompress(data, h.raw_len)
         n = self._n
         n[1] += 1
         n[3] += raw.nbytes
         n[5] += h.raw_len
-        n[7] += compressed
+        if compressed:
+            n[7] += 1
         if self._history.maxlen or self._observers:
             kind = "control" if pre.type == TYPE_CONTROL else "tensor"
             self._record(TransferRecord(
-                "recv", kind, raw.nbytes, h.raw_len, compressed, raw.first_ns, raw.first_ns,
+                "recv", kind, raw.nbytes, h.raw_len, bool(compressed), raw.first_ns, raw.first_ns,
                 raw.last_ns, h.send_time_ns))  # fmt: skip
         if pre.type == TYPE_CONTROL:
-            return decode_message(data.numpy() if data.numel() else b"")
-        assert isinstance(h, TensorHeader)
-        return frame_from_header(h, build_tensor(h, data))
+            return decode_message(data)
+        return frame_from_header(h, build_tensor(h, data))  # type: ignore[arg-type]
 
     async def _protocol_failure(self, exc: ProtocolError) -> None:
         self._protocol_errors += 1

@@ -22,6 +22,7 @@ travels in its own memory order and comes back with the same strides.
 from __future__ import annotations
 
 import functools
+import math
 import struct
 import time
 import warnings
@@ -182,7 +183,7 @@ class PreparedTensor:
             t = self.frame.tensor
             if t.requires_grad:
                 t = t.detach()
-            if t.device.type != "cpu":
+            if not t.is_cpu:
                 t = t.cpu()
             if t.is_complex():
                 t = t.resolve_conj().resolve_neg()
@@ -190,10 +191,13 @@ class PreparedTensor:
                 t = t.contiguous()
             if self.perm != _IDENT[len(self.perm)]:
                 t = t.permute(self.perm)
-            flat = t.reshape(-1)
-            u8 = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
-            # numpy() is the zero-copy route to a buffer (and keeps the tensor alive)
-            self.payload = memoryview(u8.numpy()) if self.nbytes else memoryview(b"")
+            if not self.nbytes:
+                self.payload = memoryview(b"")
+            elif t.dtype in _NUMPY:
+                # numpy() is the zero-copy route to a buffer (and keeps the tensor alive)
+                self.payload = memoryview(t.numpy()).cast("B")
+            else:
+                self.payload = memoryview(t.reshape(-1).view(torch.uint8).numpy())
         return self.payload
 
 
@@ -274,6 +278,11 @@ def _tensor_struct(nd: int) -> struct.Struct:
     return struct.Struct(f"<4sBBHIQHBBb3sIQQQqqQq{nd}Q{nd}B")
 
 
+@functools.cache
+def _dims_struct(nd: int) -> struct.Struct:
+    return struct.Struct(f"<{nd}Q{nd}B")
+
+
 def tensor_header(p: PreparedTensor, *, flags: int, payload_len: int) -> bytes:
     """Pack the header of a prepared tensor whose payload is ``payload_len`` bytes on the wire."""
     f = p.frame
@@ -345,16 +354,13 @@ def parse_header(buf: Any, limits: Limits) -> tuple[Preamble, TensorHeader | Con
     dtype = CODE_TO_DTYPE.get(code)
     if dtype is None:
         raise ProtocolError(f"unknown dtype code {code}")
-    off += TENSOR_META.size
-    dims = struct.unpack_from(f"<{nd}Q{nd}B", buf, off)
+    dims = _dims_struct(nd).unpack_from(buf, off + TENSOR_META.size)
     shape, perm = dims[:nd], dims[nd:]
     if perm != _IDENT[nd] and sorted(perm) != list(_IDENT[nd]):
         raise ProtocolError(f"layout {perm} is not a permutation of {nd} dims")
-    numel = 1
-    for extent in shape:
-        if extent > _MAX_DIM_EXTENT:
-            raise ProtocolError(f"shape {shape} has an absurd extent")
-        numel *= extent
+    if nd and max(shape) > _MAX_DIM_EXTENT:
+        raise ProtocolError(f"shape {shape} has an absurd extent")
+    numel = math.prod(shape)
     itemsize = _ITEMSIZE[dtype]
     if numel * itemsize != raw_len:
         raise ProtocolError(
@@ -394,42 +400,67 @@ def alloc_payload(n: int) -> tuple[np.ndarray, memoryview]:
     return a, memoryview(a)
 
 
-def as_uint8_tensor(payload: Any) -> torch.Tensor:
-    """The payload as a writable uint8 tensor (copies only read-only buffers such as bytes)."""
+def as_uint8_array(payload: Any) -> np.ndarray:
+    """The payload as a writable uint8 array (copies only read-only buffers such as bytes)."""
     if type(payload) is np.ndarray:
-        return torch.from_numpy(payload)
-    if isinstance(payload, torch.Tensor):
         return payload
+    if isinstance(payload, torch.Tensor):
+        return payload.numpy()
     mv = memoryview(payload)
+    if not mv.readonly and mv.format == "B" and mv.contiguous:
+        return np.frombuffer(mv, dtype=np.uint8)
     a, out = alloc_payload(mv.nbytes)
     if mv.nbytes:
         out[:] = mv.cast("B") if mv.format != "B" else mv
-    return torch.from_numpy(a)
+    return a
 
 
-def build_tensor(h: TensorHeader, raw: torch.Tensor) -> torch.Tensor:
-    """View ``raw`` (uint8, ``h.raw_len`` bytes) as the tensor ``h`` describes; no copy.
+def as_uint8_tensor(payload: Any) -> torch.Tensor:
+    """The payload as a writable uint8 tensor (copies only read-only buffers such as bytes)."""
+    if isinstance(payload, torch.Tensor):
+        return payload
+    return torch.from_numpy(as_uint8_array(payload))
+
+
+_NUMPY = {
+    torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+    torch.complex64: np.complex64, torch.complex128: np.complex128, torch.uint8: np.uint8,
+    torch.int8: np.int8, torch.int16: np.int16, torch.int32: np.int32, torch.int64: np.int64,
+    torch.bool: np.bool_, torch.uint16: np.uint16, torch.uint32: np.uint32, torch.uint64: np.uint64,
+}  # fmt: skip
+
+
+def build_tensor(h: TensorHeader, raw: Any) -> torch.Tensor:
+    """View ``raw`` (``h.raw_len`` bytes: uint8 array or tensor) as the tensor ``h``
+    describes; no copy.
 
     Raises:
         ProtocolError: the bytes are not valid for the dtype (e.g. bool bytes other than 0/1).
     """
-    if raw.numel() != h.raw_len:
-        raise ProtocolError(f"payload has {raw.numel()} bytes, header says {h.raw_len}")
-    if h.dtype == torch.bool and h.raw_len and int(raw.max()) > 1:
-        raise ProtocolError("bool tensor payload holds bytes other than 0 and 1")
     if h.raw_len == 0:
         with warnings.catch_warnings():  # complex32 warns that it is experimental
             warnings.simplefilter("ignore", UserWarning)
             return torch.empty(h.shape, dtype=h.dtype)
-    flat = raw.view(h.dtype) if h.dtype != torch.uint8 else raw
-    if not h.shape:
-        return flat.reshape(())
-    if h.perm == _IDENT[len(h.perm)]:
-        return flat.view(h.shape)
-    inv = [0] * len(h.perm)
-    for i, d in enumerate(h.perm):
+    if isinstance(raw, torch.Tensor):
+        raw = raw.numpy()
+    if raw.size != h.raw_len:
+        raise ProtocolError(f"payload has {raw.size} bytes, header says {h.raw_len}")
+    perm = h.perm
+    ident = perm == _IDENT[len(perm)]
+    shape = h.shape if ident else [h.shape[d] for d in perm]
+    npdt = _NUMPY.get(h.dtype)
+    if npdt is not None:
+        if npdt is np.bool_ and raw.max() > 1:
+            raise ProtocolError("bool tensor payload holds bytes other than 0 and 1")
+        t = torch.from_numpy(raw.view(npdt).reshape(shape))
+    else:  # bfloat16, float8, complex32: no numpy dtype
+        t = torch.from_numpy(raw).view(h.dtype).view(shape)
+    if ident:
+        return t
+    inv = [0] * len(perm)
+    for i, d in enumerate(perm):
         inv[d] = i
-    return flat.view([h.shape[d] for d in h.perm]).permute(inv)
+    return t.permute(inv)
 
 
 def frame_from_header(h: TensorHeader, tensor: torch.Tensor) -> Frame:
