@@ -1,0 +1,93 @@
+"""The session protocol's own control messages and the inference report.
+
+Session flow (client -> server unless marked):
+``Hello`` / ``Welcome`` (server) or ``Error(code="auth")``; ``Deploy`` with only the
+content hash first, the full graph JSON + safetensors only when the server does not
+have it (``Deployed(cached=...)`` or ``Error(code="unknown_deployment")``); ``UsePlan``
+/ ``PlanReady``; then per inference ``Infer`` followed by tensor frames both ways
+(``tensor_id`` is the receiving task's id in the plan's compiled program, identical on
+both peers) and ``Done`` (server, with its compute spans) or ``InferFailed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..transports import Message, register_message
+
+__all__ = ["UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "Report", "FRAME_TILE"]
+
+FRAME_TILE = 1  # Frame.kind of a row piece of an inference
+
+
+@register_message
+class UsePlan(Message, tag="use_plan"):
+    """Client -> server: compile this plan (JSON) for the deployed graph as ``plan_id``."""
+
+    plan_id: int
+    plan_json: str
+
+
+@register_message
+class PlanReady(Message, tag="plan_ready"):
+    """Server -> client: ``plan_id`` is compiled."""
+
+    plan_id: int
+
+
+@register_message
+class Infer(Message, tag="infer"):
+    """Client -> server: inference ``inference_id`` with plan ``plan_id`` starts now."""
+
+    inference_id: int
+    plan_id: int
+
+
+@register_message
+class Done(Message, tag="done"):
+    """Server -> client: the server's share of ``inference_id`` is computed and sent.
+    ``spans`` are its compute spans as [task id, start, end] in seconds from ``Infer``."""
+
+    inference_id: int
+    spans: list[list[float]] = []
+    busy_s: float = 0.0
+
+
+@register_message
+class InferFailed(Message, tag="infer_failed"):
+    """Server -> client: the server could not compute its share (the client finishes)."""
+
+    inference_id: int
+    message: str = ""
+
+
+@dataclass
+class Report:
+    """What one inference did (``session.last_report``)."""
+
+    latency_s: float
+    plan: str
+    fell_back: bool = False
+    reason: str = ""
+    bytes_up: int = 0
+    bytes_down: int = 0
+    frames_up: int = 0
+    frames_down: int = 0
+    client_busy_s: float = 0.0
+    server_busy_s: float = 0.0
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def overlap(self) -> float:
+        """Share of the shorter peer's busy time hidden under the other's (0..1)."""
+        seq = self.client_busy_s + self.server_busy_s
+        if seq <= 0 or min(self.client_busy_s, self.server_busy_s) <= 0:
+            return 0.0
+        hidden = max(0.0, seq - self.latency_s)
+        return min(1.0, hidden / min(self.client_busy_s, self.server_busy_s))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["overlap"] = self.overlap
+        return d

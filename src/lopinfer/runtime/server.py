@@ -1,0 +1,289 @@
+"""The server: many sessions on one event loop, compute serialised per device.
+
+Each connection is a session (hello, optional token, deploy, plans, inferences). Graphs
+arrive as JSON over an op allow-list plus safetensors weights, are validated, and are
+cached by content hash, so a second client with the same model uploads nothing.
+Inferences run on the device's one :class:`DeviceWorker`, which takes ready tasks
+from every session in turn. A bad frame or message ends that session only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import LopInferError, PlanError, ProtocolError, TransportError
+from ..graph import Graph
+from ..scheduler.plan import Plan
+from ..transports import (
+    PROTOCOL_VERSION,
+    Bye,
+    Connection,
+    Deploy,
+    Deployed,
+    Error,
+    Frame,
+    Hello,
+    Welcome,
+    listen,
+)
+from .peer import DeviceWorker, PeerRun
+from .program import Program, Task, compile_plan
+from .protocol import FRAME_TILE, Done, Infer, InferFailed, PlanReady, UsePlan
+
+__all__ = ["Server", "ServerStats"]
+
+log = logging.getLogger("lopinfer.server")
+
+
+@dataclass
+class ServerStats:
+    sessions_total: int = 0
+    sessions_open: int = 0
+    inferences: int = 0
+    inferences_failed: int = 0
+    deploys: int = 0
+    deploys_cached: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class Server:
+    """Serve LOPInfer sessions on one or more listen URLs.
+
+    Args:
+        device: "cpu" or "cuda" (tiles are moved to the device as they arrive).
+        token: when set, a client's ``Hello`` must carry it.
+        name: reported to clients.
+        max_deployments: graphs kept in the content-hash cache.
+        max_sessions: concurrent sessions (more are refused at hello).
+        hello_timeout: seconds a new connection has to say hello.
+        models: pre-deployed graphs (``lopinfer serve --models DIR``), by content hash.
+    """
+
+    def __init__(self, *, device: str = "cpu", token: str | None = None, name: str = "lopinfer",
+                 max_deployments: int = 32, max_sessions: int = 256, hello_timeout: float = 10.0,
+                 models: dict[str, Graph] | None = None) -> None:
+        self.device = torch.device(device)
+        self.token = token
+        self.name = name
+        self.max_deployments = max_deployments
+        self.max_sessions = max_sessions
+        self.hello_timeout = hello_timeout
+        self.deployments: OrderedDict[str, Graph] = OrderedDict(models or {})
+        self.worker = DeviceWorker(f"lopinfer-{self.device.type}")
+        self.stats = ServerStats()
+        self.listeners: list[Any] = []
+        self._ids = itertools.count(1)
+        self._sessions: set[asyncio.Task] = set()
+        self._closing = False
+
+    async def start(self, *urls: str, **options: Any) -> list[str]:
+        """Listen on every URL; returns the bound URLs (port 0 resolved)."""
+        for url in urls:
+            self.listeners.append(await listen(url, self._handle, **options))
+        return [lst.url for lst in self.listeners]
+
+    @property
+    def urls(self) -> list[str]:
+        return [lst.url for lst in self.listeners]
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let in-flight sessions finish for ``timeout``, then close."""
+        self._closing = True
+        await asyncio.gather(*(lst.aclose(timeout=timeout) for lst in self.listeners),
+                             return_exceptions=True)
+        self.worker.close()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- one session ----------------------------------------------------------------------
+    async def _handle(self, conn: Connection) -> None:
+        session = _Session(self, conn, next(self._ids))
+        self.stats.sessions_total += 1
+        self.stats.sessions_open += 1
+        try:
+            await session.serve()
+        except (TransportError, ProtocolError) as exc:
+            log.info("session %d ended: %s", session.id, exc)
+        finally:
+            self.stats.sessions_open -= 1
+            session.cancel_runs()
+
+    def remember(self, key: str, graph: Graph) -> None:
+        self.deployments[key] = graph
+        self.deployments.move_to_end(key)
+        while len(self.deployments) > self.max_deployments:
+            self.deployments.popitem(last=False)
+
+    def __repr__(self) -> str:
+        return (f"<Server {self.name!r} device={self.device} urls={self.urls} "
+                f"sessions={self.stats.sessions_open} deployments={len(self.deployments)}>")
+
+
+class _Session:
+    def __init__(self, server: Server, conn: Connection, sid: int) -> None:
+        self.server, self.conn, self.id = server, conn, sid
+        self.graph: Graph | None = None
+        self.programs: dict[int, Program] = {}
+        self.runs: dict[int, PeerRun] = {}
+        self.started: dict[int, float] = {}
+        self.loop = asyncio.get_running_loop()
+        self.outbox: asyncio.Queue = asyncio.Queue()
+
+    async def serve(self) -> None:
+        srv = self.server
+        hello = await self.conn.recv(timeout=srv.hello_timeout)
+        if not isinstance(hello, Hello):
+            await self._refuse("protocol", "the first message must be hello")
+            return
+        if hello.protocol_version != PROTOCOL_VERSION:
+            await self._refuse("version", f"protocol version {hello.protocol_version} is not "
+                               f"{PROTOCOL_VERSION}")
+            return
+        if srv.token is not None and not hmac.compare_digest(hello.token.encode(), srv.token.encode()):
+            await self._refuse("auth", "invalid token")
+            return
+        if srv._closing or srv.stats.sessions_open > srv.max_sessions:
+            await self._refuse("busy", "the server is not accepting sessions")
+            return
+        await self.conn.send_message(Welcome(session_id=self.id, server_name=srv.name,
+                                             device=str(srv.device)))
+        sender = asyncio.create_task(self._send_loop())
+        try:
+            async for item in self.conn:
+                if isinstance(item, Frame):
+                    self._on_frame(item)
+                elif isinstance(item, Bye):
+                    break
+                else:
+                    await self._on_message(item)
+        finally:
+            sender.cancel()
+
+    async def _refuse(self, code: str, message: str) -> None:
+        log.info("session %d refused: %s", self.id, message)
+        try:
+            await self.conn.send_message(Error(code=code, message=message))
+            await self.conn.drain()
+        except TransportError:
+            pass
+
+    async def _on_message(self, msg: Any) -> None:
+        srv = self.server
+        if isinstance(msg, Deploy):
+            await self._deploy(msg)
+        elif isinstance(msg, UsePlan):
+            if self.graph is None:
+                await self.conn.send_message(Error(code="plan", message="no graph deployed"))
+                return
+            try:
+                plan = Plan.from_json(msg.plan_json)
+                program = await asyncio.to_thread(compile_plan, self.graph, plan)
+            except PlanError as exc:
+                await self.conn.send_message(Error(code="plan", message=str(exc)))
+                return
+            self.programs[msg.plan_id] = program
+            await self.conn.send_message(PlanReady(plan_id=msg.plan_id))
+        elif isinstance(msg, Infer):
+            program = self.programs.get(msg.plan_id)
+            if program is None or msg.inference_id in self.runs:
+                raise ProtocolError(f"infer {msg.inference_id}: unknown plan {msg.plan_id}")
+            iid = msg.inference_id
+            self.started[iid] = time.perf_counter()
+            run = PeerRun(program, "server", on_send=self._sender(iid),
+                          on_done=lambda r, iid=iid: self.loop.call_soon_threadsafe(
+                              self._finished, iid, r),
+                          device=srv.device if srv.device.type != "cpu" else None)
+            self.runs[iid] = run
+            if not run.finished:
+                srv.worker.add(run)
+        else:
+            raise ProtocolError(f"unexpected {type(msg).__name__} message")
+
+    async def _deploy(self, msg: Deploy) -> None:
+        srv = self.server
+        graph = srv.deployments.get(msg.content_hash)
+        if graph is None and not msg.graph_json:
+            await self.conn.send_message(Error(code="unknown_deployment",
+                                               message=msg.content_hash))
+            return
+        cached = graph is not None
+        if graph is None:
+            from ..graph.serialize import unpack
+
+            try:
+                graph = await asyncio.to_thread(unpack, msg.graph_json, msg.weights)
+            except LopInferError as exc:
+                await self.conn.send_message(Error(code="deploy", message=str(exc)))
+                return
+            if srv.device.type != "cpu":
+                graph.params = {k: v.to(srv.device) for k, v in graph.params.items()}
+            srv.remember(msg.content_hash, graph)
+        srv.stats.deploys += 1
+        srv.stats.deploys_cached += cached
+        self.graph = graph
+        self.programs.clear()
+        await self.conn.send_message(Deployed(content_hash=msg.content_hash, session_id=self.id,
+                                              cached=cached))
+
+    def _on_frame(self, frame: Frame) -> None:
+        run = self.runs.get(frame.inference_id)
+        if run is None or frame.kind != FRAME_TILE:
+            raise ProtocolError(f"frame for unknown inference {frame.inference_id}")
+        self.server.stats.bytes_in += frame.tensor.numel() * frame.tensor.element_size()
+        run.deliver(frame.tensor_id, frame.row_start, frame.row_stop, frame.tensor)
+
+    def _sender(self, iid: int) -> Any:
+        def send(task: Task, piece: torch.Tensor) -> None:  # worker thread
+            self.loop.call_soon_threadsafe(self.outbox.put_nowait, (iid, task, piece))
+
+        return send
+
+    def _finished(self, iid: int, run: PeerRun) -> None:
+        self.outbox.put_nowait((iid, None, run))
+
+    async def _send_loop(self) -> None:
+        srv = self.server
+        while True:
+            iid, task, item = await self.outbox.get()
+            if task is not None:
+                piece = item if item.device.type == "cpu" else item.to("cpu")
+                srv.stats.bytes_out += piece.numel() * piece.element_size()
+                await self.conn.send_tensor(Frame(
+                    tensor=piece, kind=FRAME_TILE, session_id=self.id, inference_id=iid,
+                    tensor_id=task.id, dim=-1 if task.dim is None else task.dim,
+                    row_start=task.a if task.dim is not None else 0,
+                    row_stop=task.b if task.dim is not None else 0))
+                continue
+            run: PeerRun = item
+            self.runs.pop(iid, None)
+            t0 = self.started.pop(iid, run.started)
+            if run.error is not None:
+                srv.stats.inferences_failed += 1
+                await self.conn.send_message(InferFailed(inference_id=iid, message=str(run.error)))
+                continue
+            srv.stats.inferences += 1
+            srv.stats.latencies.append(time.perf_counter() - t0)
+            del srv.stats.latencies[:-1000]
+            spans = [[float(tid), s - t0, e - t0] for _, tid, s, e in run.spans]
+            await self.conn.send_message(Done(inference_id=iid, spans=spans,
+                                              busy_s=sum(e - s for _, _, s, e in run.spans)))
+
+    def cancel_runs(self) -> None:
+        for run in self.runs.values():
+            run.cancel()
+        self.runs.clear()
