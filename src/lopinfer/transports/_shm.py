@@ -40,6 +40,7 @@ R_HELLO, R_HELLO_ACK, R_HEADER, R_CHUNK, R_ACK = 1, 2, 3, 4, 5
 _MAX_BODY = 4096
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _INLINE_MAX = 1 << 20  # send_nowait copies payloads up to this size on the caller's turn
+_CHUNK_MAX = 4 << 20
 
 
 def _socket_path(name: str) -> str:
@@ -364,7 +365,9 @@ class ShmStream(SocketStream):
                 finally:
                     self._space_waiter = None
                 continue
-            k, rec = self._put(payload, pos, min(n - pos, max(len(ring) // 4, 1)))
+            # a quarter ring at most, so the peer copies one chunk out while we copy the
+            # next in; 4 MiB at most, so no step holds the loop for more than ~1 ms
+            k, rec = self._put(payload, pos, min(n - pos, len(ring) // 4, _CHUNK_MAX))
             await self._drain()
             assert self._transport is not None
             self._transport.write(rec)

@@ -25,6 +25,8 @@ _DIRECT_MIN = 32 * 1024  # read payload remainders at least this big straight in
 _JOIN_MAX = 64 * 1024  # header and payload up to this size go out in one write
 _NOWAIT_MAX = 1 << 20  # write payloads up to this size at once (the OS takes most of it)
 _CHUNK = 4 << 20  # largest single write of a big payload
+_WRITE_HIGH = 256 * 1024  # the transport buffers this much before pausing us (copied)
+_WRITE_LOW = 64 * 1024
 
 
 class FrameReader:
@@ -149,7 +151,7 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._closed_waiter = self._loop.create_future()
-        transport.set_write_buffer_limits(high=0, low=0)
+        transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.remote_address = _fmt_addr(peer)

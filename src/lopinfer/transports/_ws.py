@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from urllib.parse import SplitResult
 
 import aiohttp
@@ -142,6 +143,14 @@ class WsStream(Stream):
         return self._closing or self._broken or self._ws.closed
 
 
+def _loopback_bandwidth(stream: WsStream, peer: object) -> None:
+    try:
+        if isinstance(peer, tuple) and ipaddress.ip_address(peer[0]).is_loopback:
+            stream.default_bandwidth = float("inf")  # LZ4 never pays off on loopback
+    except ValueError:
+        pass
+
+
 def _max_msg(options: Options) -> int:
     return 1024 + lz4_bound(max(options.max_frame_size, options.max_message_size))
 
@@ -175,7 +184,9 @@ async def start_server(url: SplitResult, on_stream: StreamHandler, options: Opti
         await ws.prepare(request)
         stream = WsStream(options, ws)
         stream.scheme = url.scheme  # type: ignore[misc]
-        stream.remote_address = _fmt_addr(request.transport.get_extra_info("peername") if request.transport else "")
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        stream.remote_address = _fmt_addr(peer)
+        _loopback_bandwidth(stream, peer)
         stream.local_address = f"{host}:{port}{path}"
         on_stream(stream)
         try:
@@ -222,8 +233,8 @@ async def open_stream(url: SplitResult, options: Options) -> WsStream:
     stream = WsStream(options, ws, session)
     stream.scheme = url.scheme  # type: ignore[misc]
     stream.remote_address = f"{url.netloc}{url.path}"
-    conn = ws.get_extra_info("sockname")
-    stream.local_address = _fmt_addr(conn)
+    stream.local_address = _fmt_addr(ws.get_extra_info("sockname"))
+    _loopback_bandwidth(stream, ws.get_extra_info("peername"))
     task = asyncio.get_running_loop().create_task(stream.read_loop())
     stream._reader_task = task  # type: ignore[attr-defined]
     return stream
