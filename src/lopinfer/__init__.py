@@ -21,6 +21,11 @@ _LAZY = {
     "Node": "lopinfer.graph:Node",
     "TiledExecutor": "lopinfer.runtime:TiledExecutor",
     "run_tiled": "lopinfer.runtime:run_tiled",
+    "connect": "lopinfer.runtime:connect",
+    "loopback": "lopinfer.runtime:loopback",
+    "LOPInfer": "lopinfer.runtime:LOPInfer",
+    "Server": "lopinfer.runtime:Server",
+    "Plan": "lopinfer.scheduler:Plan",
 }
 
 __all__ = sorted([*_errors_all, *_LAZY, "__version__"])

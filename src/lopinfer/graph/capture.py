@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,9 @@ from .ir import Graph, Node, Ref, TensorMeta
 __all__ = ["capture", "PRESERVED_OPS"]
 
 log = logging.getLogger("lopinfer.graph")
+
+# torch.export keeps tracing state per process: captures must not run concurrently
+_EXPORT_LOCK = threading.Lock()
 
 # Composite ops kept whole instead of being lowered to core ATen: each has a locality
 # rule, while its decomposition would be an index/gather pattern (pads, upsampling) that
@@ -137,21 +141,22 @@ def capture(model: nn.Module, example_inputs: Any, *, name: str | None = None) -
             "no floating-point input: LOPInfer tiles floating-point feature maps "
             f"(inputs are {', '.join(str(x.dtype) for x in args)})"
         )
-    tracker = _ModuleTracker(model)
-    try:
-        with torch.no_grad():
-            ep = torch.export.export(model, args, strict=False)
-    except Exception as exc:  # torch.export raises many types; map them all
+    with _EXPORT_LOCK:
+        tracker = _ModuleTracker(model)
+        try:
+            with torch.no_grad():
+                ep = torch.export.export(model, args, strict=False)
+        except Exception as exc:  # torch.export raises many types; map them all
+            tracker.close()
+            where = tracker.failed_in or type(model).__name__
+            raise CaptureError(
+                f"torch.export failed in {where}: {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
         tracker.close()
-        where = tracker.failed_in or type(model).__name__
-        raise CaptureError(
-            f"torch.export failed in {where}: {type(exc).__name__}: {_first_line(exc)}"
-        ) from exc
-    tracker.close()
-    try:
-        ep = ep.run_decompositions(_decomp_table())
-    except Exception as exc:
-        raise CaptureError(f"lowering to core ATen failed: {_first_line(exc)}") from exc
+        try:
+            ep = ep.run_decompositions(_decomp_table())
+        except Exception as exc:
+            raise CaptureError(f"lowering to core ATen failed: {_first_line(exc)}") from exc
     graph = _to_ir(ep, name or type(model).__name__)
     analyse(graph)
     return graph

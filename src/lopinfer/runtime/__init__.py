@@ -1,7 +1,13 @@
-"""Execution: plans compiled into tasks, the row-streaming executor."""
+"""Execution: plans compiled into tasks, the row-streaming executor, client and server."""
 
+from .client import Client, Session, connect
 from .executor import TiledExecutor, check_inputs, pack_outputs, partition, run_tiled
+from .facade import LOPInfer
+from .loopback import loopback
 from .program import Program, Task, compile_plan
+from .protocol import Report
+from .server import Server
 
 __all__ = ["TiledExecutor", "Task", "Program", "compile_plan", "partition", "run_tiled",
-           "check_inputs", "pack_outputs"]
+           "check_inputs", "pack_outputs", "Client", "Session", "connect", "Server",
+           "LOPInfer", "loopback", "Report"]

@@ -296,9 +296,11 @@ class Session:
             self.plan_id = pid
         self.plan, self.program, self.remote = plan, program, plan.uses_server()
 
-    def _local_executor(self) -> TiledExecutor:
-        if self._local is None:
-            self._local = TiledExecutor(self.graph, 4, min_rows=4)
+    def _local_executor(self, fell_back: bool) -> TiledExecutor:
+        plan = self.plan if self.plan is not None and not fell_back else None
+        if self._local is None or self._local.plan is not plan and plan is not None:
+            self._local = (TiledExecutor(self.graph, plan=plan) if plan is not None
+                           else TiledExecutor(self.graph, 4, min_rows=4))
         return self._local
 
     async def infer(self, *inputs: torch.Tensor) -> Any:
@@ -310,7 +312,9 @@ class Session:
         check_inputs(self.graph, inputs)
         async with self._lock:  # one inference at a time per session
             client = self.client
-            if self.plan is None or (self.remote and not client.connected):
+            if self.plan is not None and not self.plan.uses_server():
+                return await self._infer_local(inputs, fell_back=False)  # chosen, not a fallback
+            if self.plan is None or not client.connected:
                 if await client.ensure_connected():
                     try:
                         await self.upload()
@@ -318,18 +322,16 @@ class Session:
                         log.info("redeploy failed: %s", exc)
             if self.remote and client.connected and self.program is not None:
                 return await self._infer_remote(inputs)
-            return await self._infer_local(inputs, fell_back=self.plan is not None and
-                                           self.default_plan.uses_server(),
-                                           reason="server unavailable")
+            return await self._infer_local(inputs, fell_back=True, reason="server unavailable")
 
     async def _infer_local(self, inputs: tuple[torch.Tensor, ...], *, fell_back: bool,
                            reason: str = "", t0: float | None = None) -> Any:
         t0 = time.perf_counter() if t0 is None else t0
-        ex = self._local_executor()
+        ex = self._local_executor(fell_back)
         fut = self.client.worker.submit(lambda: ex(*inputs))
         out = await asyncio.wrap_future(fut)
         busy = time.perf_counter() - t0
-        self.last_report = Report(latency_s=time.perf_counter() - t0, plan="local",
+        self.last_report = Report(latency_s=time.perf_counter() - t0, plan=ex.plan.name,
                                   fell_back=fell_back, reason=reason if fell_back else "",
                                   client_busy_s=busy)
         return out

@@ -1,0 +1,111 @@
+"""The synchronous three-line API of the seed::
+
+    lop = LOPInfer(ip="192.168.50.1", port=7700)
+    lop.start_client(model=model, example=x)
+    y = model(x)            # now split with the server, same result
+
+The façade owns an event loop on a background thread; ``model(x)`` hands the call to
+it and waits. Without ``example=``, the first ``model(x)`` captures and deploys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..graph import capture
+from ..scheduler.plan import Plan
+from .client import Client, Session
+
+__all__ = ["LOPInfer"]
+
+
+class LOPInfer:
+    """Synchronous client (see module doc).
+
+    Args:
+        ip, port: the server; ``transport`` "tcp" (default), "ws" or "shm".
+        url: a full URL instead (``tcp://host:port``, ``ws://host:port/path``, ...).
+        token: sent at hello when the server requires one.
+        **options: passed to :class:`~lopinfer.runtime.client.Client`.
+    """
+
+    def __init__(self, ip: str = "127.0.0.1", port: int = 7700, *, transport: str = "tcp",
+                 token: str = "", url: str | None = None, **options: Any) -> None:
+        if url is None:
+            url = {"tcp": f"tcp://{ip}:{port}", "ws": f"ws://{ip}:{port}/lopinfer",
+                   "shm": f"shm://{ip}"}.get(transport)
+            if url is None:
+                raise InputError(f"transport must be tcp, ws or shm, not {transport!r}")
+        self.url = url
+        from ..transports import event_loop_factory
+
+        self._loop = event_loop_factory()()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="lopinfer-loop",
+                                        daemon=True)
+        self._thread.start()
+        self.client = Client(url, token=token, **options)
+        self.session: Session | None = None
+        self.model: nn.Module | None = None
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def start_client(self, model: nn.Module, example: Any = None, *, plan: Plan | None = None,
+                     objective: str = "latency") -> LOPInfer:
+        """Make ``model(x)`` run split with the server (captured now if ``example``)."""
+        self.model, self._plan, self._objective = model, plan, objective
+        if example is not None:
+            self._deploy(example)
+
+        def forward(*args: torch.Tensor, **kwargs: Any) -> Any:
+            if kwargs:
+                raise InputError("an offloaded model takes positional tensors only")
+            if self.session is None:
+                self._deploy(args)
+            return self._call(self.session.infer(*args))
+
+        model.forward = forward  # type: ignore[method-assign]
+        return self
+
+    def _deploy(self, example: Any) -> None:
+        model = self.model
+        assert model is not None
+        override = model.__dict__.pop("forward", None)  # capture the model's own forward
+        try:
+            graph = capture(model, example)
+        finally:
+            if override is not None:
+                model.forward = override  # type: ignore[method-assign]
+        self.session = self._call(self._open_and_deploy(graph))
+
+    async def _open_and_deploy(self, graph: Any) -> Session:
+        await self.client.ensure_connected()
+        return await self.client.deploy(graph, None, plan=self._plan, objective=self._objective)
+
+    @property
+    def last_report(self) -> Any:
+        return self.session.last_report if self.session else None
+
+    def close(self) -> None:
+        """Restore the model's own forward, close the session and the loop."""
+        if self.model is not None:
+            self.model.__dict__.pop("forward", None)
+        if self._loop.is_running():
+            self._call(self.client.aclose())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> LOPInfer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<LOPInfer {self.url} session={self.session!r}>"

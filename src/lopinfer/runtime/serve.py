@@ -1,0 +1,108 @@
+"""Running a server process: ``lopinfer serve`` and the loopback child process.
+
+Prints one ``LOPINFER_LISTENING <url>`` line per bound URL (port 0 resolved) so a
+parent process can find it; stops gracefully on SIGINT/SIGTERM: stops accepting,
+lets in-flight sessions finish (``--grace`` seconds), then closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from ..errors import LopInferError
+from .server import Server
+
+__all__ = ["serve", "main", "load_models", "save_model"]
+
+log = logging.getLogger("lopinfer.server")
+
+
+def save_model(graph, folder: str | Path, name: str) -> Path:
+    """Write ``graph`` as ``NAME.json`` + ``NAME.safetensors`` for ``--models``."""
+    from ..graph.serialize import pack
+
+    text, weights, _ = pack(graph)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.safetensors").write_bytes(weights)
+    path = folder / f"{name}.json"
+    path.write_text(text)
+    return path
+
+
+def load_models(folder: str | Path) -> dict:
+    """Pre-deployed graphs: every ``NAME.json`` with a ``NAME.safetensors`` beside it
+    (as written by :func:`save_model`), by content hash."""
+    from ..graph.serialize import content_hash, unpack
+
+    out = {}
+    for js in sorted(Path(folder).glob("*.json")):
+        weights = js.with_suffix(".safetensors")
+        if not weights.exists():
+            continue
+        graph = unpack(js.read_text(), weights.read_bytes())
+        out[content_hash(graph)] = graph
+        log.info("pre-deployed %s (%s)", js.stem, graph)
+    return out
+
+
+async def serve(urls: list[str], *, device: str = "cpu", token: str | None = None,
+                models: dict | None = None, grace: float = 10.0, name: str = "lopinfer",
+                ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or until the task is cancelled)."""
+    server = Server(device=device, token=token, models=models, name=name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread / platform
+            pass
+    try:
+        for url in await server.start(*urls):
+            print(f"LOPINFER_LISTENING {url}", flush=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down: no new sessions, %g s for in-flight ones", grace)
+    finally:
+        await server.aclose(timeout=grace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lopinfer serve", description="Serve LOPInfer sessions.")
+    p.add_argument("--listen", action="append", default=[], metavar="URL",
+                   help="tcp://0.0.0.0:7700, ws://0.0.0.0:7701/lopinfer, shm://name (repeatable)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--token-file", help="file holding the token clients must present")
+    p.add_argument("--models", help="folder of pre-deployed models (NAME.json + NAME.safetensors)")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work may finish")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise LopInferError("--device cuda: no CUDA device is available")
+        token = Path(args.token_file).read_text().strip() if args.token_file else None
+        models = load_models(args.models) if args.models else None
+        from ..transports import run
+
+        run(serve(args.listen or ["tcp://0.0.0.0:7700"], device=args.device, token=token,
+                  models=models, grace=args.grace))
+    except (LopInferError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Client and server over real transports: every plan kind exact, the three-line API,
+a server killed mid-inference, a wrong token, many clients at once."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import signal
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from helpers import assert_exact, reference
+from nets import REFERENCE_NETS
+
+import lopinfer
+from lopinfer.errors import AuthError
+from lopinfer.runtime import LOPInfer, Server, connect, loopback
+from lopinfer.scheduler import cut_plan, local_plan, local_segments, offload_plan, split_plan
+
+HAVE_AIOHTTP = importlib.util.find_spec("aiohttp") is not None
+TRANSPORTS = [
+    "mem://lop-test",
+    "tcp://127.0.0.1:0",
+    pytest.param("ws://127.0.0.1:0/lopinfer",
+                 marks=pytest.mark.skipif(not HAVE_AIOHTTP, reason="ws needs aiohttp (extra 'ws')")),
+    "shm://lop-test",
+]
+
+
+def plans_for(graph):
+    seg = max(local_segments(graph), key=lambda s: s[1] - s[0])
+    return [offload_plan(graph, 1), offload_plan(graph, 4), cut_plan(graph, len(graph) // 2, 3),
+            split_plan(graph, 0.5, seg[0], seg[1], 2, halo="send"),
+            split_plan(graph, 0.5, seg[0], seg[1], 3, halo="recompute", after="client"),
+            local_plan(graph, 2)]
+
+
+@pytest.mark.parametrize("url", TRANSPORTS)
+@pytest.mark.parametrize("name", ["vgg", "resnet", "unet", "densenet"])
+def test_every_plan_kind_over_each_transport(url, name):
+    model, x = REFERENCE_NETS[name]()
+    ref = reference(model, x)
+
+    async def main():
+        async with Server() as server:
+            (bound,) = await server.start(url)
+            async with connect(bound, timeout=30) as client:
+                session = await client.deploy(model, (x,))
+                for plan in plans_for(session.graph):
+                    await session.use_plan(plan)
+                    out = await session.infer(x)
+                    assert_exact(out, ref)
+                    report = session.last_report
+                    assert not report.fell_back, report.reason
+                    assert report.plan == plan.name
+                    if plan.uses_server():
+                        assert report.bytes_up > 0 and report.frames_up > 0
+                        assert any(e["peer"] == "server" for e in report.timeline)
+
+    asyncio.run(main())
+
+
+def test_second_client_uploads_nothing():
+    model, x = REFERENCE_NETS["resnet"]()
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            for _ in range(2):
+                async with connect(url) as client:
+                    session = await client.deploy(model, (x,))
+                    assert_exact(await session.infer(x), reference(model, x))
+            assert server.stats.deploys == 2 and server.stats.deploys_cached == 1
+            assert len(server.deployments) == 1
+
+    asyncio.run(main())
+
+
+def test_three_line_facade():
+    model, x = REFERENCE_NETS["mobilenet_v3"]()
+    ref = reference(model, x)
+
+    proc = subprocess.Popen([sys.executable, "-m", "lopinfer.runtime.serve", "--listen",
+                             "tcp://127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    assert line.startswith("LOPINFER_LISTENING "), line
+    url = line.split(" ", 1)[1]
+    try:
+        lop = LOPInfer(url=url)
+        lop.start_client(model=model, example=x)
+        with torch.no_grad():
+            y = model(x)
+        assert_exact(y, ref)
+        assert lop.last_report is not None and not lop.last_report.fell_back
+        assert lop.last_report.plan.startswith("offload")
+        lop.close()
+        # the model is plain again
+        assert "forward" not in model.__dict__
+        # without example=: the first call captures and deploys
+        lop = LOPInfer(url=url)
+        lop.start_client(model=model)
+        assert_exact(model(x), ref)
+        assert lop.session is not None and lop.session.remote
+        lop.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)  # graceful shutdown
+        assert proc.wait(timeout=30) == 0
+        proc.stdout.close()
+
+
+def test_server_killed_mid_inference_finishes_locally():
+    model, x = REFERENCE_NETS["unet"]()
+    ref = reference(model, x)
+
+    async def main():
+        async with loopback("tcp", peer_timeout=20) as client:
+            session = await client.deploy(model, (x,))
+            assert_exact(await session.infer(x), ref)
+            # stop the server process right after the inference starts
+            proc = client.server_process
+            task = asyncio.create_task(session.infer(x))
+            await asyncio.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+            out = await asyncio.wait_for(task, 60)
+            assert_exact(out, ref)
+            # killed before or during: either way exact, and a later inference too
+            out = await asyncio.wait_for(session.infer(x), 60)
+            assert_exact(out, ref)
+            assert session.last_report.fell_back
+            assert session.last_report.reason
+
+    asyncio.run(main())
+
+
+def test_wrong_token_is_refused_clearly():
+    async def main():
+        async with Server(token="s3cret") as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            with pytest.raises(AuthError, match="refused the token"):
+                await connect(url, token="wrong").open()
+            ok = connect(url, token="s3cret")
+            await ok.open()
+            assert ok.connected
+            await ok.aclose()
+
+    asyncio.run(main())
+
+
+def test_unreachable_server_runs_locally_and_warns_once():
+    model, x = REFERENCE_NETS["vgg"]()
+
+    async def main():
+        client = connect("tcp://127.0.0.1:9", timeout=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            session = await client.deploy(model, (x,))
+            out = await session.infer(x)
+            out2 = await session.infer(x)
+        assert_exact(out, reference(model, x))
+        assert_exact(out2, reference(model, x))
+        assert session.last_report.fell_back and not session.remote
+        assert sum("unreachable" in str(w.message) for w in caught) == 1
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_eight_concurrent_clients_with_different_models():
+    names = ["vgg", "resnet", "densenet", "mobilenet_v3", "convnext", "unet", "vgg", "resnet"]
+    nets = [REFERENCE_NETS[n]() for n in names]
+
+    async def one(url, model, x, k):
+        async with connect(url, timeout=60) as client:
+            session = await client.deploy(model, (x,))
+            if k % 2:
+                await session.use_plan(cut_plan(session.graph, len(session.graph) // 2, 2))
+            for _ in range(2):
+                assert_exact(await session.infer(x), reference(model, x))
+                assert not session.last_report.fell_back
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            await asyncio.wait_for(asyncio.gather(*(one(url, m, x, k) for k, (m, x) in enumerate(nets))), 240)
+            assert server.stats.inferences == 16
+
+    asyncio.run(main())
+
+
+def test_lazy_public_names():
+    assert lopinfer.connect is connect and lopinfer.LOPInfer is LOPInfer
