@@ -26,6 +26,7 @@ import json
 import multiprocessing as mp
 import os
 import socket
+import struct
 import sys
 import time
 from typing import Any
@@ -43,40 +44,45 @@ def _frames_for(size: int, budget: float) -> int:
 
 
 # -- raw socket baseline -------------------------------------------------------------------
-def _raw_server(q: Any, size: int, n: int, pings: int) -> None:
+RAW_HDR = struct.Struct("<QQQ")  # frame size, frames to stream, ping-pongs
+
+
+def _raw_server(q: Any) -> None:
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen()
     q.put(srv.getsockname()[1])
-    c, _ = srv.accept()
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = memoryview(bytearray(size))
-
-    def recv_exact() -> None:
-        got = 0
-        while got < size:
-            k = c.recv_into(buf[got:])
-            if not k:
-                raise EOFError
-            got += k
-
-    for _ in range(n):
-        recv_exact()
-    c.sendall(b"k")
-    for _ in range(pings):
-        recv_exact()
-        c.sendall(buf)
-    c.close()
+    while True:
+        c, _ = srv.accept()
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hdr = c.recv(RAW_HDR.size, socket.MSG_WAITALL)
+        if len(hdr) < RAW_HDR.size:
+            c.close()
+            return  # the benchmark is over
+        size, n, pings = RAW_HDR.unpack(hdr)
+        buf = memoryview(bytearray(size))
+        for _ in range(n):
+            _recv_exact(c, buf)
+        c.sendall(b"k")
+        for _ in range(pings):
+            _recv_exact(c, buf)
+            c.sendall(buf)
+        c.close()
 
 
-def bench_raw(size: int, n: int, pings: int) -> tuple[float, float]:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_raw_server, args=(q, size, n, pings))
-    p.start()
-    port = q.get(timeout=30)
+def _recv_exact(c: socket.socket, buf: memoryview) -> None:
+    got = 0
+    while got < len(buf):
+        k = c.recv_into(buf[got:])
+        if not k:
+            raise EOFError
+        got += k
+
+
+def bench_raw(port: int, size: int, n: int, pings: int) -> tuple[float, float]:
     c = socket.create_connection(("127.0.0.1", port))
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.sendall(RAW_HDR.pack(size, n, pings))
     data = memoryview(torch.randint(0, 255, (size,), dtype=torch.uint8).numpy())
     buf = memoryview(bytearray(size))
     t0 = time.perf_counter()
@@ -92,11 +98,14 @@ def bench_raw(size: int, n: int, pings: int) -> tuple[float, float]:
             got += c.recv_into(buf[got:])
     lat = (time.perf_counter() - t0) / pings / 2
     c.close()
-    p.join(30)
     return thr, lat
 
 
 # -- LOPInfer transports -------------------------------------------------------------------
+OPTS = {"compression": "off"}  # the raw baseline does not compress either (LZ4: see below)
+URLS = {"tcp": "tcp://127.0.0.1:0", "ws": "ws://127.0.0.1:0/bench", "shm": "shm://", "mem": "mem://"}
+
+
 async def _serve(conn: T.Connection) -> None:
     async for item in conn:
         if isinstance(item, T.Frame):
@@ -104,33 +113,22 @@ async def _serve(conn: T.Connection) -> None:
                 await conn.send_tensor(item)
         elif isinstance(item, T.Hello):
             await conn.send_message(T.Welcome(session_id=0))
-        elif isinstance(item, T.Bye):
-            return
 
 
-def _server_main(url: str, loop: str, q: Any, opts: dict) -> None:
+def _server_main(url: str, loop: str, q: Any) -> None:
     async def main() -> None:
-        done = asyncio.Event()
-
-        async def handler(conn: T.Connection) -> None:
-            try:
-                await _serve(conn)
-            finally:
-                done.set()
-
-        async with await T.listen(url, handler, **opts) as lst:
+        async with await T.listen(url, _serve, **OPTS) as lst:
             q.put(lst.url)
-            await done.wait()
+            await asyncio.Event().wait()  # until killed
 
     T.run(main(), loop=loop)
 
 
-async def _client(url: str, size: int, n: int, pings: int, opts: dict) -> tuple[float, float, dict]:
+async def bench_ours(url: str, size: int, n: int, pings: int) -> tuple[float, float]:
     x = torch.randint(0, 255, (size,), dtype=torch.uint8)
-    async with await T.connect(url, **opts) as conn:
+    async with await T.connect(url, **OPTS) as conn:
         f = T.Frame(tensor=x)
-        # warm up: allocator, socket buffers
-        for _ in range(min(n, 20)):
+        for _ in range(min(n, 10)):  # warm up: allocator, socket buffers
             await conn.send_tensor(f)
         await conn.send_message(T.Hello())
         await conn.recv()
@@ -146,34 +144,53 @@ async def _client(url: str, size: int, n: int, pings: int, opts: dict) -> tuple[
             await conn.send_tensor(echo)
             await conn.recv()
         lat = (time.perf_counter() - t0) / pings / 2
-        st = conn.statistics()
-        await conn.send_message(T.Bye())
-        return thr, lat, {"compressed_sent": st.compressed_sent}
-
-
-def bench_transport(scheme: str, size: int, n: int, pings: int, loop: str) -> tuple[float, float]:
-    opts = {"compression": "off"}
-    url = {"tcp": "tcp://127.0.0.1:0", "ws": "ws://127.0.0.1:0/bench", "shm": "shm://", "mem": "mem://"}[scheme]
-    if scheme == "mem":
-
-        async def both() -> tuple[float, float, dict]:
-            async with await T.listen(url, _serve, **opts) as lst:
-                return await _client(lst.url, size, n, pings, opts)
-
-        thr, lat, _ = T.run(both(), loop=loop)
-        return thr, lat
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_server_main, args=(url, loop, q, opts))
-    p.start()
-    try:
-        bound = q.get(timeout=60)
-        thr, lat, _ = T.run(_client(bound, size, n, pings, opts), loop=loop)
-    finally:
-        p.join(30)
-        if p.is_alive():
-            p.kill()
     return thr, lat
+
+
+async def run_all(args: argparse.Namespace, schemes: list[str]) -> dict:
+    """Start every server once, then measure raw and each transport side by side, in turn."""
+    ctx = mp.get_context("spawn")
+    procs, where = [], {}
+    q = ctx.Queue()
+    procs.append(ctx.Process(target=_raw_server, args=(q,), daemon=True))
+    procs[-1].start()
+    where["raw"] = q.get(timeout=60)
+    mem_listener = None
+    for scheme in schemes:
+        if scheme == "mem":
+            mem_listener = await T.listen(URLS["mem"], _serve, **OPTS)
+            where["mem"] = mem_listener.url
+            continue
+        q = ctx.Queue()
+        procs.append(ctx.Process(target=_server_main, args=(URLS[scheme], args.loop, q), daemon=True))
+        procs[-1].start()
+        where[scheme] = q.get(timeout=60)
+    thr: dict[str, dict[str, float]] = {}
+    lat: dict[str, dict[str, float]] = {}
+    try:
+        for rep in range(args.repeat):
+            for label in args.sizes.split(","):
+                size = SIZES[label]
+                n = _frames_for(size, args.budget_mb * 1e6)
+                pings = max(20, min(args.pings, int(100e6 / size)))
+                for scheme in ["raw", *schemes]:
+                    if scheme == "raw":
+                        t, lt = bench_raw(where["raw"], size, n, pings)
+                    else:
+                        t, lt = await bench_ours(where[scheme], size, n, pings)
+                    thr.setdefault(scheme, {})[label] = max(thr.get(scheme, {}).get(label, 0.0), t / 1e6)
+                    lat.setdefault(scheme, {})[label] = min(lat.get(scheme, {}).get(label, 1e9), lt * 1e6)
+                    print(f"[{rep + 1}/{args.repeat}] {scheme:>4} {label:>6}: {t / 1e6:9.1f} MB/s "
+                          f"{lt * 1e6:9.1f} us/frame", flush=True)  # fmt: skip
+    finally:
+        if mem_listener is not None:
+            await mem_listener.aclose()
+        c = socket.create_connection(("127.0.0.1", where["raw"]))
+        c.close()
+        for p in procs:
+            p.kill()
+            p.join(10)
+    return {"throughput_MBps": thr, "latency_us": lat}
 
 
 # -- LZ4 -----------------------------------------------------------------------------------
@@ -228,7 +245,7 @@ def main() -> int:
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--budget-mb", type=float, default=400, help="bytes streamed per throughput run")
     ap.add_argument("--pings", type=int, default=300)
-    ap.add_argument("--repeat", type=int, default=1, help="take the best of this many runs")
+    ap.add_argument("--repeat", type=int, default=3, help="take the best of this many rounds")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -239,23 +256,12 @@ def main() -> int:
         except ImportError:
             print("skipping ws://: aiohttp not installed (pip install 'lopinfer[ws]')")
             schemes.remove("ws")
-    res: dict[str, Any] = {"loop": args.loop, "python": sys.version.split()[0], "throughput_MBps": {},
-                           "latency_us": {}}  # fmt: skip
-    for label in args.sizes.split(","):
-        size = SIZES[label]
-        n = _frames_for(size, args.budget_mb * 1e6)
-        pings = max(20, min(args.pings, int(200e6 / size)))
-        for scheme in ["raw", *schemes]:
-            best_t, best_l = 0.0, float("inf")
-            for _ in range(args.repeat):
-                if scheme == "raw":
-                    thr, lat = bench_raw(size, n, pings)
-                else:
-                    thr, lat = bench_transport(scheme, size, n, pings, args.loop)
-                best_t, best_l = max(best_t, thr), min(best_l, lat)
-            res["throughput_MBps"].setdefault(scheme, {})[label] = best_t / 1e6
-            res["latency_us"].setdefault(scheme, {})[label] = best_l * 1e6
-            print(f"{scheme:>4} {label:>6}: {best_t / 1e6:9.1f} MB/s  {best_l * 1e6:9.1f} us/frame", flush=True)
+    res: dict[str, Any] = {"loop": args.loop, "python": sys.version.split()[0], "cpus": os.cpu_count()}
+    try:
+        res["load_before"] = os.getloadavg()
+    except OSError:
+        pass
+    res.update(T.run(run_all(args, schemes), loop=args.loop))
     res["lz4"] = {"post_relu": bench_lz4(activation()), "random": bench_lz4(torch.rand(1, 64, 224, 224))}
     thr, lat = res["throughput_MBps"], res["latency_us"]
     checks = {}
@@ -276,6 +282,9 @@ def main() -> int:
         checks["lz4 post-ReLU compress MB/s (>= 500)"] = lz["post_relu"]["compress_MBps"]
         checks["lz4 random sent compressed (never)"] = lz["random"]["sent_compressed_at_11MBps"]
     res["checks"] = checks
+    print("\nbest of", args.repeat, "rounds:")
+    for scheme in thr:
+        print(f"  {scheme:>4}: " + "  ".join(f"{k} {v:8.1f} MB/s {lat[scheme][k]:8.1f} us" for k, v in thr[scheme].items()))
     print("\nLZ4:", json.dumps(lz, indent=1))
     print("\nTargets:")
     for k, v in checks.items():

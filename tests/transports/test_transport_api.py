@@ -267,3 +267,13 @@ def test_corrupt_lz4_blocks_only_raise_protocol_error(block: bytes, n: int) -> N
         except ProtocolError:
             continue
         assert len(out) == n
+
+
+def test_lz4_blocks_decode_without_the_lz4_package() -> None:
+    """A receiver without lz4 still reads compressed frames (pure-Python fallback)."""
+    data = b"tile " * 40 + bytes(300) + b"relu" * 30
+    block = bytes.fromhex("5f74696c65200500b01f000100ff194f72656c7504005c507572656c75")  # lz4.block.compress
+    assert bytes(_decompress_py(block, len(data))) == data
+    assert bytes(decompress_block(block, len(data))) == data
+    with pytest.raises(ProtocolError):
+        _decompress_py(block, len(data) + 1)

@@ -24,7 +24,7 @@ _STAGING = 256 * 1024
 _DIRECT_MIN = 32 * 1024  # read payload remainders at least this big straight into the tensor
 _JOIN_MAX = 64 * 1024  # header and payload up to this size go out in one write
 _NOWAIT_MAX = 1 << 20  # write payloads up to this size at once (the OS takes most of it)
-_CHUNK = 4 << 20  # largest single write of a big payload
+_CHUNK = 1 << 20  # largest single write of a big payload (asyncio copies what the OS did not take)
 _WRITE_HIGH = 256 * 1024  # the transport buffers this much before pausing us (copied)
 _WRITE_LOW = 64 * 1024
 
