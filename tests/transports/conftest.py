@@ -16,6 +16,7 @@ import pytest
 
 from lopinfer import transports as T
 
+
 def _installed(module: str) -> bool:
     try:
         importlib.import_module(module)
