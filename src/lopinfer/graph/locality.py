@@ -119,6 +119,11 @@ def _same_rows(node: Node, g: Graph, td: TD, x: str, out_dim_of: Callable[[int],
     return Locality(node, od, _whole_deps(node, x, d))
 
 
+def _on(const: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A kernel constant (made on the CPU at compile time) on the activation's device."""
+    return const if const.device == like.device else const.to(like.device)
+
+
 # -- pointwise and per-channel ops ---------------------------------------------------
 POINTWISE = set(
     """abs neg relu relu6 gelu sigmoid tanh hardswish hardsigmoid silu mish elu celu selu
@@ -293,7 +298,12 @@ class AvgPoolWindow(Window):
         shape = [1] * len(self.node.meta.shape)
         shape[self.dim] = b - a
         scale = torch.tensor(factors, dtype=self.node.meta.dtype).reshape(shape)
-        return lambda *xs: call(*xs) * scale
+
+        def fn(*xs: torch.Tensor) -> torch.Tensor:
+            y = call(*xs)
+            return y * _on(scale, y)
+
+        return fn
 
 
 def convolution(node: Node, g: Graph, td: TD) -> Locality | None:
@@ -499,11 +509,12 @@ class Upsample(Locality):
             l1 = self.lam1[a:b].reshape(shape)
 
             def along(x: torch.Tensor) -> torch.Tensor:
-                return x.index_select(dim, idx0) * l0 + x.index_select(dim, idx1) * l1
+                return (x.index_select(dim, _on(idx0, x)) * _on(l0, x)
+                        + x.index_select(dim, _on(idx1, x)) * _on(l1, x))
         else:
 
             def along(x: torch.Tensor) -> torch.Tensor:
-                return x.index_select(dim, idx0)
+                return x.index_select(dim, _on(idx0, x))
 
         if self.n == 1:
             return along
@@ -616,9 +627,9 @@ class IndexPad(Locality):
         pad = list(self.node.args[1])
         pad[self.pad_index], pad[self.pad_index + 1] = 0, 0
         if not any(pad):
-            return lambda x: x.index_select(dim, idx)
+            return lambda x: x.index_select(dim, _on(idx, x))
         call = bind_call(self.node, slots, static, args=(self.node.args[0], pad))
-        return lambda x: call(x.index_select(dim, idx))
+        return lambda x: call(x.index_select(dim, _on(idx, x)))
 
 
 def pad(node: Node, g: Graph, td: TD) -> Locality | None:

@@ -217,7 +217,8 @@ class _Compiler:
         if rows is not None and rows[0] >= rows[1] and dim is not None:
             shape = list(self.g.meta(ref).shape)
             shape[dim] = 0
-            empty = torch.empty(shape, dtype=self.g.meta(ref).dtype)
+            device = next((p.device for p in self.g.params.values()), torch.device("cpu"))
+            empty = torch.empty(shape, dtype=self.g.meta(ref).dtype, device=device)
             return lambda store: empty
         if ch.dim is None and (ch.tasks or ref in self.g.inputs and peer == "client"):
             tid = ch.tasks[0][0]

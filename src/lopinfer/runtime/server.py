@@ -134,6 +134,14 @@ class Server:
                 f"sessions={self.stats.sessions_open} deployments={len(self.deployments)}>")
 
 
+def _to_device(graph: Graph, device: torch.device) -> None:
+    """Weights onto the server's device; ops that create tensors create them there."""
+    graph.params = {k: v.to(device) for k, v in graph.params.items()}
+    for node in graph.nodes:
+        if "device" in node.kwargs:
+            node.kwargs = {**node.kwargs, "device": device}
+
+
 class _Session:
     def __init__(self, server: Server, conn: Connection, sid: int) -> None:
         self.server, self.conn, self.id = server, conn, sid
@@ -231,7 +239,7 @@ class _Session:
                 await self.conn.send_message(Error(code="deploy", message=str(exc)))
                 return
             if srv.device.type != "cpu":
-                graph.params = {k: v.to(srv.device) for k, v in graph.params.items()}
+                _to_device(graph, srv.device)
             srv.remember(msg.content_hash, graph)
         srv.stats.deploys += 1
         srv.stats.deploys_cached += cached
