@@ -3,5 +3,20 @@
 from .capture import capture
 from .ir import Graph, Node, Ref, TensorMeta
 from .locality import Dep, Locality, analyse
+from .serialize import (
+    DEFAULT_ALLOWED_OPS,
+    GraphLimits,
+    content_hash,
+    graph_from_json,
+    graph_to_json,
+    pack,
+    unpack,
+    weights_from_safetensors,
+    weights_to_safetensors,
+)
 
 __all__ = ["capture", "analyse", "Graph", "Node", "Ref", "TensorMeta", "Dep", "Locality"]
+__all__ += [
+    "DEFAULT_ALLOWED_OPS", "GraphLimits", "content_hash", "graph_from_json", "graph_to_json",
+    "pack", "unpack", "weights_from_safetensors", "weights_to_safetensors",
+]

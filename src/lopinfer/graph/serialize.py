@@ -67,10 +67,12 @@ MEMORY_FORMATS: dict[str, torch.memory_format] = {
 _MEMORY_FORMAT_NAMES = {v: k for k, v in MEMORY_FORMATS.items()}
 LAYOUTS: dict[str, torch.layout] = {"strided": torch.strided}
 _LAYOUT_NAMES = {v: k for k, v in LAYOUTS.items()}
+_SPECIAL_FLOATS = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+_TABLES: dict[str, Mapping[str, Any]] = {
+    "float": _SPECIAL_FLOATS, "dtype": DTYPES, "memory_format": MEMORY_FORMATS, "layout": LAYOUTS}
 _DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]{1,2})?")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT64 = 2**63
-_SPECIAL_FLOATS = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 # -- the op allow-list ---------------------------------------------------------------------
 # Global (barrier) ops of torchvision classifiers, segmentation nets and ViT/Swin/MaxViT
@@ -145,8 +147,8 @@ class GraphLimits:
     max_seq_len: int = 4096  # elements of one list argument
     max_depth: int = 8  # nesting of list arguments
     max_rank: int = 8
-    max_tensor_elements: int = 2**32  # of any one value
-    max_total_elements: int = 2**36  # of the inputs and every node output together
+    max_tensor_elements: int = 2**30  # of any one value
+    max_total_elements: int = 2**34  # of the inputs and every node output together
     max_name_len: int = 256  # value names
     max_text_len: int = 1024  # graph name, module paths, string arguments
     max_out_spec_chars: int = 2**20
@@ -308,7 +310,7 @@ def _hash(text: str, graph: Graph) -> str:
     for name, t in graph.params.items():
         raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
         h.update(name.encode() + b"\0" + raw.nbytes.to_bytes(8, "little"))
-        h.update(memoryview(raw))
+        h.update(raw.data)
     return h.hexdigest()
 
 
@@ -563,10 +565,8 @@ class _Loader:
                 raise DeployError(f"{where}: string argument over {self.limits.max_text_len} "
                                   "characters")
             return v
-        if depth >= self.limits.max_depth:
-            raise DeployError(f"{where}: arguments nested deeper than {self.limits.max_depth}")
         if isinstance(v, list):
-            return [self._value(x, where, depth + 1)
+            return [self._value(x, where, self._deeper(depth, where))
                     for x in _list(v, self.limits.max_seq_len, f"{where}: list argument")]
         if isinstance(v, dict) and len(v) == 1:
             (kind, x), = v.items()
@@ -575,17 +575,20 @@ class _Loader:
                     raise DeployError(f"{where}: reads {_show(x)} before it is defined")
                 return Ref(x)
             if kind == "tuple" and isinstance(x, list):
-                return tuple(self._value(e, where, depth + 1)
+                return tuple(self._value(e, where, self._deeper(depth, where))
                              for e in _list(x, self.limits.max_seq_len, f"{where}: tuple"))
-            table: dict[str, Any] | None = {
-                "float": _SPECIAL_FLOATS, "dtype": DTYPES, "memory_format": MEMORY_FORMATS,
-                "layout": LAYOUTS}.get(kind)
+            table = _TABLES.get(kind)
             if table is not None and isinstance(x, str) and x in table:
                 return table[x]
             if kind == "device" and isinstance(x, str) and _DEVICE.fullmatch(x):
                 return torch.device(x)
             raise DeployError(f"{where}: {kind} value {_show(x)} is not allowed")
         raise DeployError(f"{where}: unsupported argument value {_show(v)}")
+
+    def _deeper(self, depth: int, where: str) -> int:
+        if depth >= self.limits.max_depth:
+            raise DeployError(f"{where}: arguments nested deeper than {self.limits.max_depth}")
+        return depth + 1
 
     # -- the graph ---------------------------------------------------------------------
     def build(self, params: Mapping[str, torch.Tensor], check_shapes: bool) -> Graph:
@@ -607,6 +610,9 @@ class _Loader:
                     f"the graph declares {meta!r}")
         try:
             nodes = [Node(**spec) for spec in self.nodes]
+            for node in nodes:
+                if not isinstance(node.op, torch._ops.OpOverload):  # a custom allow-list's slip
+                    raise DeployError(f"node {node.name}: {node.target} is not an ATen op")
             graph = Graph(dict(self.inputs), {k: params[k] for k in self.params}, nodes,
                           self.outputs, out_spec=self.out_spec, name=self.name)
         except ValueError as exc:  # checked above already; kept as a safety net
@@ -695,13 +701,19 @@ def _check_shapes(graph: Graph) -> None:
         vals[name] = torch.empty(m.shape, dtype=m.dtype, device=_META)
 
     def on_meta(v: Any) -> Any:
-        v = map_refs(v, lambda r: vals[r.name])
-        return _devices_to_meta(v)
+        return _devices_to_meta(map_refs(v, lambda r: vals[r.name]))
 
     for node in graph.nodes:
         where = f"node {node.name} ({node.target})"
+        args, kwargs = list(on_meta(node.args)), on_meta(node.kwargs)
+        for i, a in enumerate(node.op._schema.arguments):
+            if a.name == "device" and "Device" in str(a.type):  # factories: never allocate
+                if i < len(args) and not a.kwarg_only:
+                    args[i] = _META
+                else:
+                    kwargs["device"] = _META
         try:
-            out = node.op(*on_meta(node.args), **on_meta(node.kwargs))
+            out = node.op(*args, **kwargs)
         except NotImplementedError:
             out = None  # no meta kernel: the declared meta stands
         except Exception as exc:
