@@ -1,0 +1,119 @@
+"""``lopinfer demo``: the main job on the embedded default.
+
+Starts a loopback server (a child process on 127.0.0.1), deploys a built-in model
+(torchvision's vgg19_bn with random weights when torchvision is installed, else a
+VGG-style CNN), runs it under every plan kind and prints, per plan: median latency,
+bytes sent each way, the overlap share and whether the result is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checks import compare
+
+__all__ = ["DemoCNN", "demo_model", "run_demo", "format_table"]
+
+
+class DemoCNN(nn.Module):
+    """A VGG-style CNN (conv-BN-ReLU stacks, max pooling, a linear head)."""
+
+    def __init__(self, classes: int = 100) -> None:
+        super().__init__()
+        cfg = [32, 32, "M", 64, 64, "M", 128, 128, "M", 256, 256, "M"]
+        layers: list[nn.Module] = []
+        c = 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU(True)]
+                c = int(v)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c * 16, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def demo_model(name: str | None = None) -> tuple[str, nn.Module, torch.Tensor]:
+    """(name, model in eval mode, example input): vgg19_bn if torchvision is there."""
+    torch.manual_seed(0)
+    if name in (None, "vgg19_bn"):
+        try:
+            import torchvision
+
+            model = torchvision.models.vgg19_bn(weights=None).eval()
+            return "torchvision:vgg19_bn", model, torch.randn(1, 3, 224, 224)
+        except ImportError:
+            if name == "vgg19_bn":
+                raise
+    return "builtin:DemoCNN", DemoCNN().eval(), torch.randn(1, 3, 160, 160)
+
+
+def demo_plans(graph: Any, tiles: int = 4) -> list[Any]:
+    """One plan of each kind: local, offload, tiled offload, single cut, intra-layer split."""
+    from .scheduler import cut_plan, local_plan, local_segments, offload_plan, split_plan
+
+    seg = max(local_segments(graph), key=lambda s: s[1] - s[0])
+    first_pool = next((i for i, n in enumerate(graph) if "max_pool" in n.target), len(graph) // 4)
+    return [
+        local_plan(graph),
+        offload_plan(graph, 1),
+        offload_plan(graph, tiles),
+        cut_plan(graph, first_pool + 1, tiles),
+        split_plan(graph, 0.5, seg[0], seg[1], tiles, halo="send"),
+    ]
+
+
+async def run_demo(*, transport: str = "tcp", repeats: int = 3, tiles: int = 4,
+                   model: str | None = None) -> dict[str, Any]:
+    """Run every plan kind in loopback; returns the rows of the table."""
+    from .runtime import loopback
+
+    name, net, x = demo_model(model)
+    with torch.no_grad():
+        ref = net(x)
+    rows = []
+    async with loopback(transport, peer_timeout=120) as client:
+        session = await client.deploy(net, (x,))
+        for plan in demo_plans(session.graph, tiles):
+            await session.use_plan(plan)
+            await session.infer(x)  # warm-up
+            lat, exact, report = [], True, None
+            for _ in range(repeats):
+                out = await session.infer(x)
+                report = session.last_report
+                lat.append(report.latency_s)
+                exact &= compare(plan.name, out, ref).exact and not report.fell_back
+            rows.append({
+                "plan": plan.name, "kind": plan.kind,
+                "latency_ms": 1000 * statistics.median(lat),
+                "bytes_up": report.bytes_up, "bytes_down": report.bytes_down,
+                "overlap": report.overlap, "exact": bool(exact),
+            })
+    return {"model": name, "input": list(x.shape), "transport": transport, "rows": rows}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    head = f"{'plan':<34} {'latency ms':>10} {'up KB':>9} {'down KB':>8} {'overlap':>8}  exact"
+    lines = [f"model {result['model']} input {result['input']} over {result['transport']} loopback",
+             head, "-" * len(head)]
+    for r in result["rows"]:
+        lines.append(f"{r['plan']:<34} {r['latency_ms']:>10.1f} {r['bytes_up'] / 1024:>9.1f} "
+                     f"{r['bytes_down'] / 1024:>8.1f} {r['overlap']:>8.0%}  "
+                     f"{'yes' if r['exact'] else 'NO'}")
+    return "\n".join(lines)
+
+
+def main(transport: str = "tcp", repeats: int = 3, as_json: bool = False) -> int:
+    import json
+
+    result = asyncio.run(run_demo(transport=transport, repeats=repeats))
+    print(json.dumps(result, indent=2) if as_json else format_table(result))
+    return 0 if all(r["exact"] for r in result["rows"]) else 1
