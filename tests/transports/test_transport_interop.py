@@ -114,3 +114,40 @@ def test_plain_http_on_the_ws_endpoint_is_refused(arun) -> None:
 
 def test_header_struct_is_documented_size() -> None:
     assert PREAMBLE.size == 20 and struct.calcsize("<Qq") == CONTROL_META.size
+
+
+def test_wss_with_a_self_signed_certificate(tmp_path, arun) -> None:
+    pytest.importorskip("aiohttp", reason="wss:// needs aiohttp (extra 'ws')")
+    import shutil
+    import ssl
+    import subprocess
+
+    import torch
+
+    from lopinfer.transports import Frame, connect
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not available to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def echo(conn: Connection) -> None:
+        async for item in conn:
+            await conn.send_tensor(item)
+
+    async def main() -> None:
+        async with await listen("wss://127.0.0.1:0/secure", echo, ssl=server_ctx) as lst:
+            assert lst.url.startswith("wss://")
+            async with await connect(lst.url, ssl=client_ctx) as c:
+                x = torch.randn(3, 4).to(memory_format=torch.contiguous_format)
+                await c.send_tensor(Frame(tensor=x))
+                assert torch.equal((await c.recv()).tensor, x)
+
+    arun(main)

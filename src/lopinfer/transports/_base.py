@@ -150,6 +150,8 @@ class Inbox:
         self.error: TransportError | Exception | None = None
 
     def put(self, frame: RawFrame) -> None:
+        if self.error is not None:
+            return  # nothing is delivered after the stream failed
         self._frames.append(frame)
         self._bytes += frame.nbytes
         if not self.paused and self._bytes >= self._high:

@@ -120,7 +120,7 @@ class Connection:
         self.options = options
         self.url = url
         self._loop = asyncio.get_running_loop()
-        self._compressor = AdaptiveCompressor(options.compression, options.compress_min_size)
+        self._compressor = AdaptiveCompressor(options.compression, options.compress_min_size)  # type: ignore[arg-type]
         self._bandwidth: float | Callable[[], float] | None = options.bandwidth
         self._queue: deque[_Outgoing] = deque()
         self._queued_bytes = 0

@@ -125,7 +125,7 @@ def encode_message(msg: Message) -> bytes:
         InputError: ``msg`` is not an instance of a registered message class.
     """
     cls = type(msg)
-    if not isinstance(msg, Message) or _REGISTRY.get(cls.__struct_config__.tag) is not cls:
+    if not isinstance(msg, Message) or _REGISTRY.get(str(cls.__struct_config__.tag)) is not cls:
         raise InputError(f"{type(msg).__name__} is not a registered control message")
     return _encoder.encode(msg)
 

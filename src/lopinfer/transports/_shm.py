@@ -221,7 +221,9 @@ class ShmStream(SocketStream):
             peer.close()
             raise ProtocolError(f"peer ring {name!r} is smaller than announced")
         self._peer = peer
-        self._peer_ring = peer.buf[:size]
+        buf = peer.buf
+        assert buf is not None
+        self._peer_ring = buf[:size]
         self.remote_address = f"pid {pid}"
         if self._client:
             self._send_record(R_HELLO_ACK, b"")
@@ -272,6 +274,9 @@ class ShmStream(SocketStream):
             self._arm_stall()
 
     def _resume_reading(self) -> None:
+        if self._discard is not None:
+            super()._resume_reading()
+            return
         # records left unprocessed while the inbox was full come first
         try:
             self._reader.updated(0)

@@ -74,7 +74,7 @@ async def open_stream(url: SplitResult, options: Options) -> TcpStream:
 
 
 class TcpServer(Server):
-    def __init__(self, server: asyncio.AbstractServer, host: str) -> None:
+    def __init__(self, server: asyncio.Server, host: str) -> None:
         self._server = server
         addr = server.sockets[0].getsockname()
         self.url = f"tcp://{_fmt_addr((host or addr[0], addr[1]))}"

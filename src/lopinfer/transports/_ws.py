@@ -34,6 +34,7 @@ class WsStream(Stream):
         self._closing = False
         self._broken = False
         self.done = asyncio.get_running_loop().create_future()
+        self._release_task: asyncio.Task | None = None
 
     async def read_loop(self) -> None:
         """Pump messages into the inbox until the socket closes (runs in its own task)."""
@@ -133,7 +134,7 @@ class WsStream(Stream):
         if transport is not None:
             transport.abort()
         self._inbox.fail(ConnectionClosedError("connection was aborted"))
-        asyncio.get_running_loop().create_task(self._release())
+        self._release_task = asyncio.get_running_loop().create_task(self._release())
 
     def recv_buffered(self) -> tuple[int, int]:
         return self._inbox.buffered()
