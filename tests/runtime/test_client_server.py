@@ -38,8 +38,11 @@ def plans_for(graph):
             local_plan(graph, 2)]
 
 
-@pytest.mark.parametrize("url", TRANSPORTS)
-@pytest.mark.parametrize("name", ["vgg", "resnet", "unet", "densenet"])
+CASES = [(url, name) for url in TRANSPORTS for name in ("vgg", "resnet", "unet", "densenet")]
+CASES += [(url, name) for url in TRANSPORTS[:2] for name in ("mobilenet_v3", "convnext", "conv3d")]
+
+
+@pytest.mark.parametrize(("url", "name"), CASES)
 def test_every_plan_kind_over_each_transport(url, name):
     model, x = REFERENCE_NETS[name]()
     ref = reference(model, x)
@@ -59,6 +62,25 @@ def test_every_plan_kind_over_each_transport(url, name):
                     if plan.uses_server():
                         assert report.bytes_up > 0 and report.frames_up > 0
                         assert any(e["peer"] == "server" for e in report.timeline)
+
+    asyncio.run(main())
+
+
+def test_predeployed_models_folder(tmp_path):
+    from lopinfer.runtime.serve import load_models, save_model
+
+    model, x = REFERENCE_NETS["resnet"]()
+    graph = lopinfer.capture(model, (x,))
+    save_model(graph, tmp_path, "resnet")
+    models = load_models(tmp_path)
+
+    async def main():
+        async with Server(models=models) as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            async with connect(url) as client:
+                session = await client.deploy(model, (x,))
+                assert_exact(await session.infer(x), reference(model, x))
+            assert server.stats.deploys_cached == 1  # nothing uploaded
 
     asyncio.run(main())
 
