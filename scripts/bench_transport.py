@@ -39,12 +39,17 @@ SIZES = {"16KB": 16 << 10, "256KB": 256 << 10, "4MB": 4 << 20}
 ECHO = 1
 
 
+def _warmup_frames(size: int) -> int:
+    return max(10, WARMUP_BYTES // size)
+
+
 def _frames_for(size: int, budget: float) -> int:
     return int(min(20000, max(30, budget / size)))
 
 
 # -- raw socket baseline -------------------------------------------------------------------
-RAW_HDR = struct.Struct("<QQQ")  # frame size, frames to stream, ping-pongs
+RAW_HDR = struct.Struct("<QQQQ")  # frame size, warm-up frames, frames to stream, ping-pongs
+WARMUP_BYTES = 64 << 20  # TCP autotunes its buffers over the first tens of MB: measure after
 
 
 def _raw_server(q: Any) -> None:
@@ -59,8 +64,11 @@ def _raw_server(q: Any) -> None:
         if len(hdr) < RAW_HDR.size:
             c.close()
             return  # the benchmark is over
-        size, n, pings = RAW_HDR.unpack(hdr)
+        size, warm, n, pings = RAW_HDR.unpack(hdr)
         buf = memoryview(bytearray(size))
+        for _ in range(warm):
+            _recv_exact(c, buf)
+        c.sendall(b"w")
         for _ in range(n):
             _recv_exact(c, buf)
         c.sendall(b"k")
@@ -82,9 +90,13 @@ def _recv_exact(c: socket.socket, buf: memoryview) -> None:
 def bench_raw(port: int, size: int, n: int, pings: int) -> tuple[float, float]:
     c = socket.create_connection(("127.0.0.1", port))
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    c.sendall(RAW_HDR.pack(size, n, pings))
+    warm = _warmup_frames(size)
+    c.sendall(RAW_HDR.pack(size, warm, n, pings))
     data = memoryview(torch.randint(0, 255, (size,), dtype=torch.uint8).numpy())
     buf = memoryview(bytearray(size))
+    for _ in range(warm):
+        c.sendall(data)
+    c.recv(1)
     t0 = time.perf_counter()
     for _ in range(n):
         c.sendall(data)
@@ -128,7 +140,7 @@ async def bench_ours(url: str, size: int, n: int, pings: int) -> tuple[float, fl
     x = torch.randint(0, 255, (size,), dtype=torch.uint8)
     async with await T.connect(url, **OPTS) as conn:
         f = T.Frame(tensor=x)
-        for _ in range(min(n, 10)):  # warm up: allocator, socket buffers
+        for _ in range(_warmup_frames(size)):  # warm up: allocator, socket buffers
             await conn.send_tensor(f)
         await conn.send_message(T.Hello())
         await conn.recv()

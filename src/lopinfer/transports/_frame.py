@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -398,6 +399,43 @@ def alloc_payload(n: int) -> tuple[np.ndarray, memoryview]:
     """
     a = np.empty(n, dtype=np.uint8)
     return a, memoryview(a)  # type: ignore[arg-type]
+
+
+class BufferPool:
+    """Receive buffers that are reused once every tensor made from them is gone.
+
+    Fresh multi-megabyte allocations are page-faulted in on every frame (the kernel
+    zeroes each page): that costs as much as the copy itself. A pooled buffer is free
+    again when nothing but the pool refers to it (every tensor viewing it holds a
+    reference to it), so frames the application keeps are never overwritten.
+    """
+
+    MIN_SIZE = 64 * 1024
+    PER_SIZE = 4
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self._bufs: dict[int, list[np.ndarray]] = {}
+        self._bytes = 0
+        self._max = max_bytes if _REFCOUNTS_EXACT else 0
+
+    def get(self, n: int) -> tuple[np.ndarray, memoryview]:
+        if n < self.MIN_SIZE or not self._max:
+            return alloc_payload(n)
+        bufs = self._bufs.get(n)
+        if bufs is None:
+            bufs = self._bufs[n] = []
+        for a in bufs:
+            if sys.getrefcount(a) <= 3:  # the list, the loop variable, the call
+                return a, memoryview(a)  # type: ignore[arg-type]
+        a, mv = alloc_payload(n)
+        if len(bufs) < self.PER_SIZE and self._bytes + n <= self._max:
+            bufs.append(a)
+            self._bytes += n
+        return a, mv
+
+
+# free-threaded builds defer reference counts: the pool would not see buffers free up
+_REFCOUNTS_EXACT = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def as_uint8_array(payload: Any) -> np.ndarray:

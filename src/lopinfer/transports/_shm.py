@@ -29,7 +29,7 @@ from urllib.parse import SplitResult
 
 from ..errors import ConnectError, ConnectionClosedError, InputError, ProtocolError
 from ._base import Server, StreamHandler, now_ns, wait_future
-from ._frame import PREAMBLE, alloc_payload, parse_preamble
+from ._frame import PREAMBLE, parse_preamble
 from ._options import Options
 from ._sockstream import SocketStream
 
@@ -127,7 +127,7 @@ class _RecordReader:
         self._first_ns = now_ns()
         self._header = bytes(body)
         self._need, self._filled = pre.payload_len, 0
-        self._dest, self._dest_mv = alloc_payload(self._need)
+        self._dest, self._dest_mv = self._s._pool.get(self._need)
         if self._need == 0:
             self._complete()
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 from ..errors import ConnectionClosedError, ProtocolError, TransportTimeoutError
 from ._base import Inbox, RawFrame, Stream, now_ns, wait_future
-from ._frame import PREAMBLE, alloc_payload, parse_preamble
+from ._frame import PREAMBLE, BufferPool, parse_preamble
 from ._options import Options
 
 log = logging.getLogger("lopinfer.transports")
 
 _STAGING = 256 * 1024
 _DIRECT_MIN = 32 * 1024  # read payload remainders at least this big straight into the tensor
+_HEADER_READ = 4096
 _JOIN_MAX = 64 * 1024  # header and payload up to this size go out in one write
 _NOWAIT_MAX = 1 << 20  # write payloads up to this size at once (the OS takes most of it)
 _CHUNK = 1 << 20  # largest single write of a big payload (asyncio copies what the OS did not take)
@@ -42,6 +44,7 @@ class FrameReader:
         self._dest_mv: memoryview | None = None
         self._need = self._filled = 0
         self._direct = False
+        self._large = False
         self._first_ns = 0
         self.progress = 0
 
@@ -68,6 +71,10 @@ class FrameReader:
             n = self._end - self._start
             self._buf[:n] = self._mv[self._start : self._end]
             self._start, self._end = 0, n
+        if self._large and self._header is None:
+            # the last frame was big: read just past the next header, so that its
+            # payload goes straight into its buffer instead of through this one
+            return self._mv[self._end : self._end + _HEADER_READ]
         return self._mv[self._end :]
 
     def updated(self, n: int) -> None:
@@ -99,7 +106,7 @@ class FrameReader:
                 self._header = bytes(mv[start : start + hl])
                 self._start += hl
                 self._need, self._filled = pre.payload_len, 0
-                self._dest, self._dest_mv = alloc_payload(self._need)
+                self._dest, self._dest_mv = self._s._pool.get(self._need)
                 if self._need == 0:
                     self._complete()
                 continue
@@ -120,6 +127,7 @@ class FrameReader:
         assert self._header is not None
         header, dest = self._header, self._dest
         self._header = self._dest = self._dest_mv = None
+        self._large = self._need >= _DIRECT_MIN
         end = now_ns()
         frame = RawFrame(header, dest, len(header) + self._need, self._first_ns or end, end)
         self._first_ns = 0
@@ -132,6 +140,7 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
     def __init__(self, options: Options) -> None:
         super().__init__(options)
         self._transport: asyncio.Transport | None = None
+        self._pool = BufferPool(options.recv_high_water)
         self._reader = FrameReader(self)
         self._inbox = Inbox(
             options.recv_high_water, options.recv_low_water, self._pause_reading, self._resume_reading
@@ -145,6 +154,7 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
         self._stall_mark = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._discard: memoryview | None = None
+        self._vectored = False
 
     # -- asyncio protocol callbacks ---------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -152,6 +162,8 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
         self._closed_waiter = self._loop.create_future()
         transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
+        # uvloop and Python >= 3.12 write a list of buffers with one writev; 3.11 joins them
+        self._vectored = sys.version_info >= (3, 12) or type(transport).__module__.startswith("uvloop")
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.remote_address = _fmt_addr(peer)
@@ -286,6 +298,8 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
         assert t is not None
         if n <= _JOIN_MAX:
             t.write(header + payload if n else header)
+        elif self._vectored:
+            t.writelines((header, payload))  # one writev, no copy
         else:
             t.write(header)
             t.write(payload)
