@@ -356,3 +356,25 @@ def test_statistics_observers_and_repr(listen_url: str, arun) -> None:
             assert "listening" in repr(lst) and lst.statistics().active == 1
 
     arun(main)
+
+
+def test_received_tensors_are_never_overwritten(listen_url: str, arun) -> None:
+    """Receive buffers are pooled: a frame the application keeps must stay intact."""
+
+    async def main() -> None:
+        async with await listen(listen_url, echo) as lst, await connect(lst.url) as c:
+            kept = []
+            for i in range(12):
+                got = await roundtrip(c, torch.full((1 << 16,), float(i)))  # 256 KiB
+                if i % 2:
+                    kept.append((i, got.tensor[::1024]))  # a view keeps the buffer alive
+                else:
+                    kept.append((i, got.tensor))
+                del got
+            for i, t in kept:
+                assert bool((t == i).all()), f"frame {i} was overwritten"
+            kept.clear()
+            for i in range(12, 20):  # buffers come back into use
+                assert bool(((await roundtrip(c, torch.full((1 << 16,), float(i)))).tensor == i).all())
+
+    arun(main)
