@@ -271,8 +271,7 @@ def _send_partial(conn: Connection, scheme: str) -> None:
         from lopinfer.transports import _shm
 
         s._send_record(_shm.R_HEADER, header)
-        _, rec = s._put(part, 0, len(part))
-        s._transport.write(rec)
+        s._transport.write(s._copy_in(part, 0, s._alloc(len(part), whole=True)))
 
 
 def _partial_frames(scheme: str) -> None:

@@ -48,6 +48,8 @@ class Options:
         heartbeat: WebSocket ping interval (the peer is dropped when pings go unanswered).
         keepalive: TCP keepalive idle seconds (``None``: off).
         shm_ring_size: bytes of each shared-memory ring (one per direction).
+        shm_zero_copy: let received shm tensors view the sender's ring (no copy) while
+            less than half of it is held; ``False`` always copies out.
         max_connections: a listener refuses connections beyond this many.
         shutdown_timeout: a closing listener lets handlers finish this long, then cancels.
     """
@@ -74,6 +76,7 @@ class Options:
     heartbeat: float | None = 20.0
     keepalive: float | None = 15.0
     shm_ring_size: int = 32 * MiB
+    shm_zero_copy: bool = True
     max_connections: int = 256
     shutdown_timeout: float = 5.0
 

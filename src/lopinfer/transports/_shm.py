@@ -4,9 +4,14 @@ Each side owns one ring (a ``multiprocessing.shared_memory`` segment) that it wr
 its payloads into; a Unix socket (abstract namespace on Linux) carries the frame
 headers and small notifications: "bytes [off, off+n) of my ring are the next
 payload chunk" one way, "I copied n bytes out, you may reuse them" the other. So a
-payload is copied into the ring by the sender and out of it by the receiver, and
-never passes through the kernel. The receiver checks every notification against its
-own idea of the ring's read position; a payload larger than the ring goes in chunks.
+payload is copied into the ring by the sender and never passes through the kernel.
+The receiver then either copies it out and releases the extent at once, or, for a
+large tensor that arrived in one piece while less than half of the peer's ring is
+held, hands out a tensor that views the ring itself (zero copy) and releases the
+extent when the last tensor referring to it is gone. Extents are released in any
+order; the sender allocates first-fit, and payloads bigger than half the ring (or
+than the largest free gap) go in chunks that are always copied out. Peers share
+memory, so ``shm://`` is for processes that trust each other (the same user).
 
 Segments are unlinked as soon as both sides have mapped them, so nothing is left in
 ``/dev/shm`` even if a process dies.
@@ -27,20 +32,27 @@ from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 from urllib.parse import SplitResult
 
+import torch
+
 from ..errors import ConnectError, ConnectionClosedError, InputError, ProtocolError
 from ._base import Server, StreamHandler, now_ns, wait_future
-from ._frame import PREAMBLE, parse_preamble
+from ._compress import codec_executor
+from ._frame import DTYPE_TO_CODE, FLAG_LZ4, PREAMBLE, TYPE_TENSOR, parse_preamble
 from ._options import Options
 from ._sockstream import SocketStream
 
 REC = struct.Struct("<BxxxI")  # record type, body length
 CHUNK = struct.Struct("<QQ")
-ACK = struct.Struct("<Q")
 R_HELLO, R_HELLO_ACK, R_HEADER, R_CHUNK, R_ACK = 1, 2, 3, 4, 5
 _MAX_BODY = 4096
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _INLINE_MAX = 1 << 20  # send_nowait copies payloads up to this size on the caller's turn
 _CHUNK_MAX = 4 << 20
+_THREAD_COPY = 8 << 20  # copies at least this big run on a worker thread
+_ZERO_COPY_MIN = 64 * 1024
+_POLL_S = 0.005  # how often held extents are checked while nothing else happens
+_HELD_REFS = 3  # references to a held view when only we hold it: dict value, loop, call
+_BOOL_CODE = DTYPE_TO_CODE[torch.bool]
 
 
 def _socket_path(name: str) -> str:
@@ -62,7 +74,7 @@ class _RecordReader:
         self._dest_mv: memoryview | None = None
         self._need = self._filled = 0
         self._first_ns = 0
-        self._rpos = 0
+        self.freed: list[tuple[int, int]] = []  # peer ring extents copied out, to acknowledge
         self.progress = 0
 
     @property
@@ -88,8 +100,8 @@ class _RecordReader:
     def updated(self, n: int) -> None:
         self.progress += 1
         self._end += n
-        acked = 0
         s, mv = self._s, self._mv
+        freed = self.freed
         inbox = s._inbox
         try:
             while self._end - self._start >= REC.size and not inbox.paused:
@@ -101,11 +113,11 @@ class _RecordReader:
                 body = mv[self._start + REC.size : self._start + REC.size + blen]
                 self._start += REC.size + blen
                 if rtype == R_CHUNK:
-                    acked += self._chunk(body)
+                    self._chunk(body)
                 elif rtype == R_HEADER:
                     self._frame_header(body)
                 elif rtype == R_ACK:
-                    s._acked(ACK.unpack(body)[0] if blen == ACK.size else -1)
+                    s._acked(body)
                 elif rtype == R_HELLO:
                     s._hello(bytes(body))
                 elif rtype == R_HELLO_ACK:
@@ -113,8 +125,9 @@ class _RecordReader:
                 else:
                     raise ProtocolError(f"unknown shm notification type {rtype}")
         finally:
-            if acked:
-                s._send_record(R_ACK, ACK.pack(acked))
+            s._poll_held()
+            if freed:
+                s._send_acks(freed)
         if self._start == self._end:
             self._start = self._end = 0
 
@@ -127,27 +140,37 @@ class _RecordReader:
         self._first_ns = now_ns()
         self._header = bytes(body)
         self._need, self._filled = pre.payload_len, 0
-        self._dest, self._dest_mv = self._s._pool.get(self._need)
+        self._dest = self._dest_mv = None
         if self._need == 0:
+            self._dest, self._dest_mv = self._s._pool.get(0)
             self._complete()
 
-    def _chunk(self, body: memoryview) -> int:
-        ring = self._s._peer_ring
+    def _chunk(self, body: memoryview) -> None:
+        s = self._s
+        ring = s._peer_ring
         if len(body) != CHUNK.size or ring is None:
             raise ProtocolError("bad shm chunk notification")
         off, n = CHUNK.unpack(body)
         if self._header is None or n == 0 or n > self._need - self._filled:
             raise ProtocolError("shm chunk outside a frame's payload")
-        size = len(ring)
-        if off != self._rpos or off + n > size:
-            raise ProtocolError(f"shm chunk [{off}, {off + n}) out of order or outside the ring")
-        assert self._dest_mv is not None
+        if off + n > len(ring):
+            raise ProtocolError(f"shm chunk [{off}, {off + n}) outside the ring")
+        if n == self._need and s._can_hold(n, self._header):
+            # zero copy: the tensor views the peer's ring; the extent is given back
+            # once no tensor refers to it any more (see ShmStream._poll_held)
+            view = ring[off : off + n]
+            s._hold(off, n, view)
+            self._dest = torch.frombuffer(view, dtype=torch.uint8)
+            self._filled = n
+            self._complete()
+            return
+        if self._dest_mv is None:
+            self._dest, self._dest_mv = s._pool.get(self._need)
         self._dest_mv[self._filled : self._filled + n] = ring[off : off + n]
         self._filled += n
-        self._rpos = (off + n) % size
+        self.freed.append((off, n))
         if self._filled == self._need:
             self._complete()
-        return n
 
     def _complete(self) -> None:
         from ._base import RawFrame
@@ -172,8 +195,12 @@ class ShmStream(SocketStream):
         self._peer: shared_memory.SharedMemory | None = None
         self._ring: memoryview | None = None
         self._peer_ring: memoryview | None = None
-        self._wpos = 0
+        self._used: dict[int, int] = {}  # our ring's extents the peer has not released
+        self._cursor = 0
         self._inflight = 0
+        self._held: dict[int, tuple[int, memoryview]] = {}  # peer ring extents our tensors view
+        self._held_bytes = 0
+        self._poll_handle: asyncio.TimerHandle | None = None
         self._space_waiter: asyncio.Future | None = None
         self.ready: asyncio.Future | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
@@ -292,13 +319,69 @@ class ShmStream(SocketStream):
         if t is not None and not t.is_closing():
             t.write(REC.pack(rtype, len(body)) + body)
 
-    def _acked(self, n: int) -> None:
-        if n <= 0 or n > self._inflight:
-            raise ProtocolError(f"shm ack of {n} bytes, {self._inflight} in flight")
-        self._inflight -= n
+    def _acked(self, body: memoryview) -> None:
+        if len(body) % CHUNK.size:
+            raise ProtocolError("bad shm release notification")
+        for off, n in CHUNK.iter_unpack(body):
+            if self._used.get(off) != n:
+                raise ProtocolError(f"shm release of [{off}, {off + n}), which is not in use")
+            del self._used[off]
+            self._inflight -= n
         w = self._space_waiter
         if w is not None and not w.done():
             w.set_result(None)
+
+    def _send_acks(self, freed: list[tuple[int, int]]) -> None:
+        per = _MAX_BODY // CHUNK.size
+        for i in range(0, len(freed), per):
+            self._send_record(R_ACK, b"".join(CHUNK.pack(o, n) for o, n in freed[i : i + per]))
+        freed.clear()
+
+    # -- zero-copy receive --------------------------------------------------------------
+    def _can_hold(self, n: int, header: bytes) -> bool:
+        """Whether a payload may stay in the peer's ring: big enough to be worth it, never
+        more than half the ring (the peer must always have room to send), not bool data
+        (validated bytes must not change under us), and not compressed (decoded anyway)."""
+        ring = self._peer_ring
+        return (
+            self.options.shm_zero_copy
+            and n >= _ZERO_COPY_MIN
+            and ring is not None
+            and self._held_bytes + n <= len(ring) // 2
+            and header[5] == TYPE_TENSOR
+            and not PREAMBLE.unpack_from(header)[3] & FLAG_LZ4
+            and header[PREAMBLE.size + 2] != _BOOL_CODE
+        )
+
+    def _hold(self, off: int, n: int, view: memoryview) -> None:
+        self._held[off] = (n, view)
+        self._held_bytes += n
+        if self._poll_handle is None and self._loop is not None:
+            self._poll_handle = self._loop.call_later(_POLL_S, self._poll_tick)
+
+    def _poll_held(self) -> None:
+        """Give back the extents no tensor refers to any more (their views' refcount
+        drops to ours: every tensor made from a view holds a reference to it)."""
+        if not self._held:
+            return
+        freed = []
+        for off, (n, view) in list(self._held.items()):
+            if sys.getrefcount(view) <= _HELD_REFS:
+                try:
+                    view.release()
+                except BufferError:  # pragma: no cover - still exported after all
+                    continue
+                del self._held[off]
+                self._held_bytes -= n
+                freed.append((off, n))
+        if freed:
+            self._send_acks(freed)
+
+    def _poll_tick(self) -> None:
+        self._poll_handle = None
+        self._poll_held()
+        if self._held and self._loop is not None and not self.closed:
+            self._poll_handle = self._loop.call_later(_POLL_S, self._poll_tick)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -311,27 +394,56 @@ class ShmStream(SocketStream):
 
     def _release(self) -> None:
         self._unlink_own()
+        if self._poll_handle is not None:
+            self._poll_handle.cancel()
+            self._poll_handle = None
         self._ring = self._peer_ring = None
+        self._held.clear()  # tensors still viewing the peer's ring keep it mapped
         for seg in (self._own, self._peer):
             if seg is not None:
-                try:
-                    seg.close()
-                except BufferError:  # a view is still alive somewhere; GC unmaps it
-                    pass
+                _close_segment(seg)
         self._own = self._peer = None
 
     # -- sending ----------------------------------------------------------------------
-    def _put(self, payload: memoryview, pos: int, limit: int) -> tuple[int, bytes]:
-        """Copy up to ``limit`` bytes of ``payload[pos:]`` into the ring; the chunk record."""
-        ring = self._ring
-        assert ring is not None
-        size = len(ring)
-        n = min(limit, size - self._inflight, size - self._wpos)
-        off = self._wpos
-        ring[off : off + n] = payload[pos : pos + n]
-        self._wpos = (off + n) % size
+    def _alloc(self, want: int, whole: bool) -> tuple[int, int] | None:
+        """A free extent of our ring: ``want`` bytes, or (unless ``whole``) the largest
+        free gap when no gap that big exists. First fit from where the last one ended,
+        so the ring is used round-robin while the peer releases in order."""
+        assert self._ring is not None
+        size = len(self._ring)
+        gaps, prev = [], 0
+        for off in sorted(self._used):
+            if off > prev:
+                gaps.append((prev, off))
+            prev = off + self._used[off]
+        if prev < size:
+            gaps.append((prev, size))
+        for lo, hi in gaps:
+            start = max(lo, self._cursor)
+            if hi - start >= want:
+                return self._take(start, want)
+        best = (0, 0)
+        for lo, hi in gaps:
+            if hi - lo >= want:
+                return self._take(lo, want)
+            if hi - lo > best[1] - best[0]:
+                best = (lo, hi)
+        if whole or best[1] == best[0]:
+            return None
+        return self._take(best[0], best[1] - best[0])
+
+    def _take(self, off: int, n: int) -> tuple[int, int]:
+        self._used[off] = n
         self._inflight += n
-        return n, REC.pack(R_CHUNK, CHUNK.size) + CHUNK.pack(off, n)
+        assert self._ring is not None
+        self._cursor = (off + n) % len(self._ring)
+        return off, n
+
+    def _copy_in(self, payload: memoryview, pos: int, ext: tuple[int, int]) -> bytes:
+        off, n = ext
+        assert self._ring is not None
+        self._ring[off : off + n] = payload[pos : pos + n]
+        return REC.pack(R_CHUNK, CHUNK.size) + CHUNK.pack(off, n)
 
     def send_nowait(self, header: bytes, payload: memoryview) -> bool:
         if self._error is not None:
@@ -340,14 +452,12 @@ class ShmStream(SocketStream):
         ring = self._ring
         if self._write_paused or self._closing or ring is None or n > _INLINE_MAX:
             return False
-        if n > len(ring) - self._inflight:
-            return False  # would have to wait for ring space
         parts = [REC.pack(R_HEADER, len(header)), header]
-        pos = 0
-        while pos < n:
-            k, rec = self._put(payload, pos, n - pos)
-            parts.append(rec)
-            pos += k
+        if n:
+            ext = self._alloc(n, whole=True)
+            if ext is None:
+                return False  # would have to wait for ring space
+            parts.append(self._copy_in(payload, 0, ext))
         assert self._transport is not None
         self._transport.write(b"".join(parts))
         return True
@@ -359,24 +469,46 @@ class ShmStream(SocketStream):
         self._send_record(R_HEADER, header)
         n, pos = len(payload), 0
         assert self._loop is not None
+        whole = self._ring is not None and n <= len(self._ring) // 2
         while pos < n:
             ring = self._ring
             if ring is None:
                 raise self._error or ConnectionClosedError("connection is closed")
-            if self._inflight == len(ring):
+            # in one piece when it fits half the ring (the receiver may then keep it
+            # where it is); else in pieces of at most 4 MiB, which hold the loop ~1 ms
+            ext = self._alloc(n, whole=True) if whole else None
+            if ext is None:
+                whole = False
+                ext = self._alloc(min(n - pos, _CHUNK_MAX), whole=False)
+            if ext is None:
                 self._space_waiter = self._loop.create_future()
                 try:
                     await wait_future(self._space_waiter, self.options.send_timeout, "sending (peer not reading)")
                 finally:
                     self._space_waiter = None
                 continue
-            # a quarter ring at most, so the peer copies one chunk out while we copy the
-            # next in; 4 MiB at most, so no step holds the loop for more than ~1 ms
-            k, rec = self._put(payload, pos, min(n - pos, len(ring) // 4, _CHUNK_MAX))
+            if ext[1] >= _THREAD_COPY:
+                rec = await self._loop.run_in_executor(codec_executor(), self._copy_in, payload, pos, ext)
+            else:
+                rec = self._copy_in(payload, pos, ext)
             await self._drain()
             assert self._transport is not None
             self._transport.write(rec)
-            pos += k
+            pos += ext[1]
+
+
+def _close_segment(seg: shared_memory.SharedMemory) -> None:
+    try:
+        seg.close()
+    except BufferError:
+        # views are still exported (tensors received without copy): drop our handles
+        # and let the mapping go with the last view, so __del__ has nothing to close
+        seg._buf = None  # type: ignore[attr-defined]
+        seg._mmap = None  # type: ignore[attr-defined]
+        fd = getattr(seg, "_fd", -1)
+        if fd >= 0:
+            os.close(fd)
+            seg._fd = -1  # type: ignore[attr-defined]
 
 
 def _unlink(seg: shared_memory.SharedMemory) -> None:
