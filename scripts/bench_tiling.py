@@ -58,9 +58,9 @@ def _breakdown(ex: TiledExecutor, x: torch.Tensor, repeats: int) -> dict[str, fl
     Walks the executor's compiled program the way ``__call__`` does; returns {} when
     its private layout is not the one expected.
     """
-    program = getattr(ex, "_program", None)
-    inputs = getattr(ex, "_inputs", None)
-    if not program or inputs is None:
+    program = getattr(ex, "_steps", None) or getattr(ex, "_program", None)
+    inputs = getattr(getattr(ex, "program", None), "inputs", None) or getattr(ex, "_inputs", None)
+    if not program or not inputs or len(program[0]) != 4:
         return {}
     pc = time.perf_counter
     kern = read = 0.0
@@ -90,15 +90,21 @@ def _breakdown(ex: TiledExecutor, x: torch.Tensor, repeats: int) -> dict[str, fl
             "loop_s": max(0.0, total - kern - read - 3 * per_pc * n) / repeats}
 
 
+def _executor(graph: Any, tiles: int, min_rows: int) -> TiledExecutor:
+    if min_rows > 1:  # older executors have no min_rows
+        return TiledExecutor(graph, tiles=tiles, min_rows=min_rows)
+    return TiledExecutor(graph, tiles=tiles)
+
+
 def bench_model(name: str, size: int, tiles: list[int], repeats: int, tiny: int,
-                tiny_repeats: int) -> dict[str, Any]:
+                tiny_repeats: int, min_rows: int = 1) -> dict[str, Any]:
     torch.manual_seed(0)
     model = load_model(f"torchvision:{name}").module
     x = torch.randn(1, 3, size, size)
     t0 = time.perf_counter()
     graph = capture(model, (x,), name=name)
     capture_s = time.perf_counter() - t0
-    executors = {t: TiledExecutor(graph, tiles=t) for t in tiles}
+    executors = {t: _executor(graph, t, min_rows) for t in tiles}
 
     def plain(inp: torch.Tensor) -> Any:
         with torch.no_grad():
@@ -139,7 +145,7 @@ def bench_model(name: str, size: int, tiles: list[int], repeats: int, tiny: int,
     gt = capture(model, (xt,), name=name)
     tiny_rows = []
     for t in tiles:
-        ex = TiledExecutor(gt, tiles=t)
+        ex = _executor(gt, t, min_rows)
         ex(xt)
         plain(xt)
         tp, te = [], []
@@ -177,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny-size", type=int, default=32)
     p.add_argument("--tiny-repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--min-rows", type=int, default=1,
+                   help="thinnest tile (executor's min_rows; default 1: exactly T tiles)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -185,13 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
         results.append(bench_model(name, args.size, tiles, args.repeats, args.tiny_size,
-                                   args.tiny_repeats))
+                                   args.tiny_repeats, args.min_rows))
         gc.collect()
     doc = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "repeats": args.repeats,
+        "min_rows": args.min_rows,
         "targets": TARGETS,
         "results": results,
     }
@@ -199,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     print(f"torch {doc['torch']}, {doc['threads']} thread(s), median of {args.repeats} "
-          "interleaved rounds; overhead = (executor - kernels) / tasks")
+          f"interleaved rounds, min_rows={args.min_rows}; "
+          "overhead = (executor - kernels) / tasks")
     head = (f"{'model':<20} {'tiles':>5} {'tasks':>5} {'plain ms':>9} {'tiled ms':>9} "
             f"{'ratio':>6} {'ovh us':>7} {'read us':>8} {'loop us':>8} exact")
     for r in results:
