@@ -71,3 +71,37 @@ def test_big_frames_go_in_chunks(arun) -> None:
             assert torch.equal((await c.recv()).tensor, x)
 
     arun(main)
+
+
+def test_ring_allocator_never_overlaps() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from lopinfer.transports import Options
+    from lopinfer.transports._shm import CHUNK, ShmStream
+
+    size = 1 << 12
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.booleans(), st.integers(1, size), st.booleans(), st.integers(0, 50)), max_size=60))
+    def run(ops: list) -> None:
+        s = ShmStream(Options())
+        s._ring = memoryview(bytearray(size))
+        live: list[tuple[int, int]] = []
+        for is_alloc, want, whole, pick in ops:
+            if is_alloc or not live:
+                ext = s._alloc(want, whole)
+                if ext is None:
+                    assert whole or s._inflight == size
+                    continue
+                off, n = ext
+                assert 0 <= off and off + n <= size and (n == want or not whole) and n <= want
+                assert all(off + n <= o or o + m <= off for o, m in live), "overlap"
+                live.append(ext)
+            else:
+                off, n = live.pop(pick % len(live))
+                s._acked(memoryview(CHUNK.pack(off, n)))
+            assert s._inflight == sum(n for _, n in live) <= size
+            assert s._offs == sorted(o for o, _ in live)
+
+    run()

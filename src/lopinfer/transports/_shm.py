@@ -20,6 +20,7 @@ Segments are unlinked as soon as both sides have mapped them, so nothing is left
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import os
 import re
@@ -196,6 +197,7 @@ class ShmStream(SocketStream):
         self._ring: memoryview | None = None
         self._peer_ring: memoryview | None = None
         self._used: dict[int, int] = {}  # our ring's extents the peer has not released
+        self._offs: list[int] = []  # their offsets, sorted
         self._cursor = 0
         self._inflight = 0
         self._held: dict[int, tuple[int, memoryview]] = {}  # peer ring extents our tensors view
@@ -326,6 +328,7 @@ class ShmStream(SocketStream):
             if self._used.get(off) != n:
                 raise ProtocolError(f"shm release of [{off}, {off + n}), which is not in use")
             del self._used[off]
+            del self._offs[bisect.bisect_left(self._offs, off)]
             self._inflight -= n
         w = self._space_waiter
         if w is not None and not w.done():
@@ -407,21 +410,23 @@ class ShmStream(SocketStream):
     # -- sending ----------------------------------------------------------------------
     def _alloc(self, want: int, whole: bool) -> tuple[int, int] | None:
         """A free extent of our ring: ``want`` bytes, or (unless ``whole``) the largest
-        free gap when no gap that big exists. First fit from where the last one ended,
-        so the ring is used round-robin while the peer releases in order."""
+        free gap when no gap that big exists. Where the last one ended if there is room
+        (a plain ring while the peer releases in order), else first fit."""
         assert self._ring is not None
         size = len(self._ring)
+        offs, used, cur = self._offs, self._used, self._cursor
+        i = bisect.bisect_left(offs, cur)
+        if not (i and offs[i - 1] + used[offs[i - 1]] > cur):
+            hi = offs[i] if i < len(offs) else size
+            if hi - cur >= want:
+                return self._take(cur, want)
         gaps, prev = [], 0
-        for off in sorted(self._used):
+        for off in offs:
             if off > prev:
                 gaps.append((prev, off))
-            prev = off + self._used[off]
+            prev = off + used[off]
         if prev < size:
             gaps.append((prev, size))
-        for lo, hi in gaps:
-            start = max(lo, self._cursor)
-            if hi - start >= want:
-                return self._take(start, want)
         best = (0, 0)
         for lo, hi in gaps:
             if hi - lo >= want:
@@ -434,6 +439,7 @@ class ShmStream(SocketStream):
 
     def _take(self, off: int, n: int) -> tuple[int, int]:
         self._used[off] = n
+        bisect.insort(self._offs, off)
         self._inflight += n
         assert self._ring is not None
         self._cursor = (off + n) % len(self._ring)
