@@ -101,8 +101,8 @@ def _nbytes(graph: Graph, t: Task) -> int:
 
 
 class _Compiler:
-    def __init__(self, graph: Graph, plan: Plan) -> None:
-        self.g, self.plan = graph, plan
+    def __init__(self, graph: Graph, plan: Plan, bind: bool = True) -> None:
+        self.g, self.plan, self.bind = graph, plan, bind
         self.tasks: list[Task] = []
         self.chunks: dict[tuple[str, str], _Chunks] = {}
         self.pos = {n.name: i for i, n in enumerate(graph.nodes)}
@@ -199,7 +199,9 @@ class _Compiler:
             else:
                 slots[ref] = len(task.readers)
                 task.readers.append(self.reader(task, ref, dim, rows, node.name))
-        if loc is None:
+        if not self.bind:
+            pass  # for planning: the task graph without kernels
+        elif loc is None:
             # tiles may leave a value in another memory format than a plain run would
             # (channels_last from oneDNN): view on a whole value must then copy
             op = _RESHAPE if node.target.split(".")[1] in ("view", "_unsafe_view") else None
@@ -323,10 +325,11 @@ class _Compiler:
         self.ch(peer, ref).tasks.append((t.id, 0, 1))
 
 
-def compile_plan(graph: Graph, plan: Plan) -> Program:
+def compile_plan(graph: Graph, plan: Plan, *, bind: bool = True) -> Program:
     """Tasks of both peers for ``plan`` on ``graph``; raises :class:`PlanError` when the
-    plan leaves a needed row uncomputed or computes a global node partially."""
-    return _Compiler(graph, plan).run()
+    plan leaves a needed row uncomputed or computes a global node partially.
+    ``bind=False`` skips making kernels (enough to simulate the plan)."""
+    return _Compiler(graph, plan, bind).run()
 
 
 # -- orders and lifetimes -----------------------------------------------------------------

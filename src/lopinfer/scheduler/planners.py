@@ -1,0 +1,211 @@
+"""Planners: each returns a Plan the runtime runs unchanged, scored by the simulator.
+
+- ``local``: everything on the device.
+- ``offload``: everything on the server, the input streamed in tiles.
+- ``neurosurgeon``: the best single cut in topological order, sequential, no tiling.
+- ``dads``: a minimum s-t cut of the DAG (networkx max-flow), sequential, no tiling.
+- ``lopinfer``: a search over cuts, intra-layer split fractions (a continuous range,
+  refined by golden-section search), tile counts and halo policies, scored by the
+  simulator; the other planners' plans are candidates, so its prediction is never
+  worse than theirs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ..errors import PlanError
+from ..graph import Graph
+from ..runtime.program import compile_plan
+from .builders import cut_plan, local_plan, local_segments, offload_plan, split_plan
+from .cost import CostModel
+from .energy import Objective, device_energy, score
+from .plan import WHOLE, NodeRows, Plan
+from .simulator import Prediction, lower_bound, simulate
+
+__all__ = ["Scored", "evaluate", "PLANNERS", "plan_all"]
+
+
+@dataclass
+class Scored:
+    """A plan with its predicted latency, device energy and pipeline bound."""
+
+    plan: Plan
+    prediction: Prediction
+    energy_j: float
+    bound_s: float
+
+    @property
+    def latency_s(self) -> float:
+        return self.prediction.latency_s
+
+
+def evaluate(graph: Graph, plan: Plan, cost: CostModel, objective: Objective) -> Scored:
+    prog = compile_plan(graph, plan, bind=False)
+    pred = simulate(prog, cost)
+    up_s = sum(cost.up.frame_time(0) for _ in range(pred.frames_up)) + pred.bytes_up / cost.up.bandwidth
+    down_s = (sum(cost.down.frame_time(0) for _ in range(pred.frames_down))
+              + pred.bytes_down / cost.down.bandwidth)
+    energy = device_energy(pred.latency_s, pred.client_busy_s, up_s, down_s, objective.profile)
+    return Scored(plan, pred, energy, lower_bound(prog, cost))
+
+
+def _best(graph: Graph, plans: Iterable[Plan], cost: CostModel, objective: Objective) -> Scored:
+    best = None
+    for plan in plans:
+        s = evaluate(graph, plan, cost, objective)
+        if best is None or score(objective, s.latency_s, s.energy_j) < score(
+                objective, best.latency_s, best.energy_j):
+            best = s
+    if best is None:
+        raise PlanError("no candidate plan")
+    return best
+
+
+def plan_local(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
+    return evaluate(graph, local_plan(graph, 1), cost, objective)
+
+
+def plan_offload(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
+    return _best(graph, (offload_plan(graph, t, min_rows=2) for t in (1, 2, 4, 8)), cost, objective)
+
+
+def plan_neurosurgeon(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
+    return _best(graph, (cut_plan(graph, k, 1) for k in range(len(graph) + 1)), cost, objective)
+
+
+def plan_dads(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
+    """Minimum s-t cut: a node on the server pays its server time, on the client its
+    client time, a value crossing pays its transfer time once per direction."""
+    try:
+        import networkx as nx
+    except ImportError:  # the bench extra brings it; without it DADS is not offered
+        raise PlanError("the dads planner needs networkx (extra 'bench')") from None
+    g = nx.DiGraph()
+    inf = math.inf
+
+    def whole(name: str, peer: str) -> float:
+        node = graph[name]
+        c = cost.peer(peer).nodes.get(name)
+        rows = node.locality.size if node.locality else 1
+        return 0.0 if c is None else c(rows)
+
+    for node in graph:
+        g.add_edge("s", node.name, capacity=whole(node.name, "server"))
+        g.add_edge(node.name, "t", capacity=whole(node.name, "client"))
+    for name in graph.inputs:
+        g.add_edge("s", name, capacity=inf)
+    g.add_edge("s", "@out", capacity=inf)
+    consumers: dict[str, list[str]] = {}
+    for node in graph:
+        for ref in dict.fromkeys(node.refs()):
+            if graph.kind(ref) != "param":
+                consumers.setdefault(ref, []).append(node.name)
+    for name in graph.outputs:
+        consumers.setdefault(name, []).append("@out")
+    for value, users in consumers.items():
+        nbytes = graph.meta(value).nbytes
+        up, down = f"{value}@up", f"{value}@down"
+        g.add_edge(value, up, capacity=cost.up.frame_time(nbytes))
+        g.add_edge(down, value, capacity=cost.down.frame_time(nbytes))
+        for u in users:
+            g.add_edge(up, u, capacity=inf)
+            g.add_edge(u, down, capacity=inf)
+    _, (client_side, _) = nx.minimum_cut(g, "s", "t")
+    nodes = {n.name: NodeRows(client=(WHOLE if n.locality is None else (0, n.locality.size),))
+             if n.name in client_side else
+             NodeRows(server=(WHOLE if n.locality is None else (0, n.locality.size),))
+             for n in graph}
+    plan = Plan("dads", nodes, kind="dads")
+    return evaluate(graph, plan, cost, objective)
+
+
+def _golden(f: Callable[[float], float], lo: float, hi: float, steps: int = 8) -> float:
+    r = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - r * (b - a), a + r * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(steps):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - r * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + r * (b - a)
+            fd = f(d)
+    return (a + b) / 2
+
+
+def plan_lopinfer(graph: Graph, cost: CostModel, objective: Objective,
+                  baselines: Iterable[Scored] = ()) -> Scored:
+    """Search cuts x tiles, intra-layer splits x fractions x halo policy, keep the best."""
+    pool: list[Scored] = list(baselines)
+
+    def key(s: Scored) -> tuple[float, float]:
+        return score(objective, s.latency_s, s.energy_j)
+
+    def consider(plan: Plan) -> Scored | None:
+        try:
+            s = evaluate(graph, plan, cost, objective)
+        except PlanError:
+            return None
+        pool.append(s)
+        return s
+
+    n = len(graph)
+    best_k = min(pool, key=key).plan.info.get("k") if pool else None
+    cuts = sorted(set(range(0, n + 1, max(1, n // 24))) | ({best_k} if best_k is not None else set()))
+    for tiles in (2, 4, 8):
+        consider(offload_plan(graph, tiles, min_rows=2))
+        for k in cuts:
+            consider(cut_plan(graph, k, tiles, min_rows=2))
+    # refine the best tiled cut around its position
+    top = min(pool, key=key)
+    if top.plan.kind == "cut":
+        k0, tiles = top.plan.info["k"], top.plan.name.rsplit("/t", 1)[-1]
+        for k in range(max(0, k0 - n // 24), min(n, k0 + n // 24) + 1):
+            consider(cut_plan(graph, k, int(tiles) if tiles.isdigit() else 4, min_rows=2))
+    # intra-layer splits of the longest local segments, fraction on a continuous range
+    segments = sorted(local_segments(graph), key=lambda s: s[0] - s[1])[:3]
+    for start, stop in segments:
+        for halo in ("send", "recompute"):
+            for after in ("server", "client"):
+                for tiles in (1, 2, 4):
+                    def f(frac: float, start=start, stop=stop, halo=halo, after=after,
+                          tiles=tiles) -> float:
+                        s = consider(split_plan(graph, frac, start, stop, tiles, halo=halo,
+                                                after=after, min_rows=2))
+                        return math.inf if s is None else key(s)[0] + key(s)[1] * 1e-9
+                    _golden(f, 0.02, 0.98, steps=6)
+    best = min(pool, key=key)
+    best.plan.info = {**best.plan.info, "planner": "lopinfer", "candidates": len(pool)}
+    return best
+
+
+PLANNERS: dict[str, Callable[..., Scored]] = {
+    "local": plan_local,
+    "offload": plan_offload,
+    "neurosurgeon": plan_neurosurgeon,
+    "dads": plan_dads,
+}
+
+
+def plan_all(graph: Graph, cost: CostModel, objective: Objective | str = "latency",
+             methods: Iterable[str] = ("local", "offload", "neurosurgeon", "dads", "lopinfer")
+             ) -> dict[str, Scored]:
+    """Every planner's best plan and its prediction; ``lopinfer`` sees the others."""
+    obj = Objective.parse(objective)
+    out: dict[str, Scored] = {}
+    for name in methods:
+        if name == "lopinfer":
+            continue
+        try:
+            out[name] = PLANNERS[name](graph, cost, obj)
+        except PlanError:
+            continue
+    if "lopinfer" in methods:
+        out["lopinfer"] = plan_lopinfer(graph, cost, obj, baselines=list(out.values()))
+    return out

@@ -1,0 +1,160 @@
+"""Discrete-event simulator with exactly the runtime's rules.
+
+One compute worker per peer takes the ready task with the smallest key
+``(has sends ? 0 : 1, -rank, first row, id)`` — the key :class:`PeerRun` uses. When a
+task ends, each piece the other peer receives from it joins that direction's FIFO link
+in the order the program lists them; a piece occupies the link for
+``frame_overhead + bytes / bandwidth`` and arrives ``latency`` later, which makes its
+``recv`` task done on the receiver. The client's inputs are there at time 0; the
+server hears of the inference ``up.latency`` after it starts. The prediction's
+timeline has the same shape as ``session.last_report.timeline``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..runtime.program import Program, Task
+from .cost import CostModel
+
+__all__ = ["Prediction", "simulate", "lower_bound"]
+
+
+@dataclass
+class Prediction:
+    latency_s: float
+    client_busy_s: float = 0.0
+    server_busy_s: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    frames_up: int = 0
+    frames_down: int = 0
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _bytes(prog: Program, t: Task) -> int:
+    meta = prog.graph.meta(t.value)
+    if t.dim is None:
+        return meta.nbytes
+    return meta.nbytes // max(meta.shape[t.dim], 1) * (t.b - t.a)
+
+
+def task_cost(prog: Program, t: Task, cost: CostModel) -> float:
+    peer = cost.peer(t.peer)
+    if t.kind == "tile":
+        return peer.task(t.value, t.b - t.a)
+    if t.kind == "whole":
+        return peer.task(t.value, 1)
+    if t.kind == "gather":
+        return peer.copy_per_byte * _bytes(prog, t)
+    return 0.0
+
+
+def simulate(prog: Program, cost: CostModel, *, timeline: bool = False) -> Prediction:
+    """Predict the latency (and optionally the timeline) of ``prog`` under ``cost``."""
+    tasks = prog.tasks
+    sends: dict[int, list[Task]] = {}
+    users: dict[int, list[int]] = {t.id: [] for t in tasks}
+    missing: dict[int, int] = {}
+    for t in tasks:
+        if t.kind == "recv":
+            sends.setdefault(t.deps[0], []).append(t)
+            missing[t.id] = 1
+        else:
+            missing[t.id] = len(t.deps)
+            for d in t.deps:
+                users[d].append(t.id)
+    ready: dict[str, list[tuple[int, float, int, int]]] = {"client": [], "server": []}
+    free_at = {"client": 0.0, "server": cost.up.latency}
+    link_free = {"server": 0.0, "client": 0.0}  # keyed by receiving peer
+    events: list[tuple[float, int, int, int]] = []  # (time, seq, kind 0=done 1=arrive, task)
+    seq = 0
+    pred = Prediction(0.0)
+    spans = pred.timeline
+    todo_client = sum(1 for t in tasks if t.peer == "client")
+
+    def push_ready(t: Task) -> None:
+        key = (0 if t.id in sends else 1, -t.rank, t.a, t.id)
+        heapq.heappush(ready[t.peer], key)
+
+    def complete(tid: int, now: float) -> None:
+        nonlocal seq, todo_client
+        t = tasks[tid]
+        if t.peer == "client":
+            todo_client -= 1
+            if todo_client == 0:
+                pred.latency_s = now
+        for u in users[tid]:
+            missing[u] -= 1
+            if missing[u] == 0:
+                push_ready(tasks[u])
+        for r in sends.get(tid, ()):
+            link = cost.link_to(r.peer)
+            n = _bytes(prog, r)
+            start = max(now, link_free[r.peer])
+            end = start + link.frame_time(n)
+            link_free[r.peer] = end
+            arrive = end + link.latency
+            if r.peer == "server":
+                pred.bytes_up += n
+                pred.frames_up += 1
+            else:
+                pred.bytes_down += n
+                pred.frames_down += 1
+            if timeline:
+                spans.append({"peer": "link-up" if r.peer == "server" else "link-down",
+                              "kind": "transfer", "task": r.id, "start": start, "end": arrive})
+            seq += 1
+            heapq.heappush(events, (arrive, seq, 1, r.id))
+
+    for t in tasks:
+        if missing[t.id] == 0 and t.kind not in ("input", "recv"):
+            push_ready(t)
+    for tid in prog.inputs:
+        complete(tid, 0.0)
+    now = 0.0
+    while True:
+        for peer in ("client", "server"):
+            if ready[peer] and free_at[peer] <= now:
+                tid = heapq.heappop(ready[peer])[3]
+                start = max(now, free_at[peer])
+                dur = task_cost(prog, tasks[tid], cost)
+                free_at[peer] = start + dur
+                if peer == "client":
+                    pred.client_busy_s += dur
+                else:
+                    pred.server_busy_s += dur
+                if timeline and tasks[tid].kind in ("tile", "whole", "gather"):
+                    spans.append({"peer": peer, "kind": tasks[tid].kind, "task": tid,
+                                  "start": start, "end": start + dur})
+                seq += 1
+                heapq.heappush(events, (start + dur, seq, 0, tid))
+        waiting = [free_at[p] for p in ("client", "server") if ready[p] and free_at[p] > now]
+        if events and (not waiting or events[0][0] <= min(waiting)):
+            now, _, _, tid = heapq.heappop(events)
+            complete(tid, now)
+        elif waiting:
+            now = min(waiting)  # a worker frees up with work waiting
+        else:
+            break
+    if todo_client > 0:
+        raise RuntimeError("simulation stalled: the program waits on itself")
+    return pred
+
+
+def lower_bound(prog: Program, cost: CostModel) -> float:
+    """The pipeline bound of this assignment: the busiest resource (client, server,
+    either link direction) with no per-task or per-frame overhead, as if tiles were
+    arbitrarily fine."""
+    busy = {"client": 0.0, "server": 0.0, "up": 0.0, "down": 0.0}
+    for t in prog.tasks:
+        if t.kind in ("tile", "whole"):
+            c = cost.peer(t.peer).nodes.get(t.value)
+            if c is not None:
+                busy[t.peer] += c.per_row * ((t.b - t.a) if t.kind == "tile" else 1)
+        elif t.kind == "recv":
+            link = cost.link_to(t.peer)
+            busy["up" if t.peer == "server" else "down"] += _bytes(prog, t) / link.bandwidth
+    return max(busy.values())
