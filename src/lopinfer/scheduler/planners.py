@@ -25,7 +25,7 @@ from .energy import Objective, device_energy, score
 from .plan import WHOLE, NodeRows, Plan
 from .simulator import Prediction, lower_bound, simulate
 
-__all__ = ["Scored", "evaluate", "PLANNERS", "plan_all"]
+__all__ = ["Scored", "evaluate", "PLANNERS", "plan_all", "partition_cost"]
 
 
 @dataclass
@@ -74,6 +74,32 @@ def plan_offload(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
 
 def plan_neurosurgeon(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
     return _best(graph, (cut_plan(graph, k, 1) for k in range(len(graph) + 1)), cost, objective)
+
+
+def partition_cost(graph: Graph, client: set[str], cost: CostModel) -> float:
+    """What DADS minimises: every node's time where it runs, plus each value's
+    transfer once per direction it crosses (inputs live, outputs end, on the client)."""
+    total = 0.0
+    for node in graph:
+        peer = "client" if node.name in client else "server"
+        c = cost.peer(peer).nodes.get(node.name)
+        total += 0.0 if c is None else c(node.locality.size if node.locality else 1)
+    side = {name: "client" for name in graph.inputs}
+    side.update({n.name: "client" if n.name in client else "server" for n in graph})
+    readers: dict[str, set[str]] = {}
+    for node in graph:
+        for ref in node.refs():
+            if ref in side:
+                readers.setdefault(ref, set()).add(side[node.name])
+    for name in graph.outputs:
+        readers.setdefault(name, set()).add("client")
+    for value, where in readers.items():
+        nbytes = graph.meta(value).nbytes
+        if side[value] == "client" and "server" in where:
+            total += cost.up.frame_time(nbytes)
+        if side[value] == "server" and "client" in where:
+            total += cost.down.frame_time(nbytes)
+    return total
 
 
 def plan_dads(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
