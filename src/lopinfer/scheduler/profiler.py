@@ -1,0 +1,155 @@
+"""Profiler: per-node cost on this peer as ``fixed + per_row * rows``.
+
+Runs the graph tiled at two granularities (after warm-up), times every kernel call,
+and fits, per node, a line through (rows, seconds) by least squares (both
+coefficients kept non-negative). Global nodes get their whole-value time. Profiles are
+cached by (graph content hash, device, torch threads) in memory and on disk
+(``$LOPINFER_CACHE`` or ``~/.cache/lopinfer/profiles``), so a second deploy does not
+re-profile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..graph import Graph
+from .cost import NodeCost, PeerCosts
+
+__all__ = ["profile", "fit_line", "costs_to_json", "costs_from_json"]
+
+_MEMO: dict[tuple[str, str, int], PeerCosts] = {}
+
+
+def fit_line(points: list[tuple[int, float]]) -> NodeCost:
+    """Least-squares ``fixed + per_row * rows`` through (rows, seconds), non-negative."""
+    if not points:
+        return NodeCost(0.0, 0.0)
+    xs = [float(r) for r, _ in points]
+    ys = [t for _, t in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return NodeCost(0.0, my / mx if mx else 0.0)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+    slope = max(slope, 0.0)
+    fixed = max(my - slope * mx, 0.0)
+    if fixed == 0.0:  # refit the slope through the origin
+        slope = sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
+    return NodeCost(fixed, slope)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LOPINFER_CACHE", Path.home() / ".cache" / "lopinfer")) / "profiles"
+
+
+def costs_to_json(costs: PeerCosts) -> str:
+    return json.dumps({"name": costs.name, "copy_per_byte": costs.copy_per_byte,
+                       "nodes": {k: [v.fixed, v.per_row] for k, v in costs.nodes.items()}})
+
+
+def costs_from_json(text: str) -> PeerCosts:
+    d = json.loads(text)
+    return PeerCosts({str(k): NodeCost(float(a), float(b)) for k, (a, b) in d["nodes"].items()},
+                     float(d["copy_per_byte"]), str(d.get("name", "")))
+
+
+def _key(graph: Graph, device: str) -> tuple[str, str, int] | None:
+    try:
+        from ..graph.serialize import content_hash
+
+        return (content_hash(graph), device, torch.get_num_threads())
+    except Exception:  # a graph the deploy format cannot express: no caching
+        return None
+
+
+def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
+            tiles: tuple[int, ...] = (1, 4), repeats: int = 3, name: str = "",
+            cache: bool = True, progress: bool = False) -> PeerCosts:
+    """Measure this peer's per-node costs for ``graph`` (random inputs by default)."""
+    from ..runtime.executor import TiledExecutor
+
+    device = "cpu"
+    key = _key(graph, device) if cache else None
+    if key is not None:
+        if key in _MEMO:
+            return _MEMO[key]
+        path = _cache_dir() / f"{key[0][:32]}-{key[1]}-{key[2]}.json"
+        if path.exists():
+            _MEMO[key] = costs_from_json(path.read_text())
+            return _MEMO[key]
+    if inputs is None:
+        inputs = tuple(torch.randn(m.shape).to(m.dtype) if m.dtype.is_floating_point
+                       else torch.zeros(m.shape, dtype=m.dtype) for m in graph.inputs.values())
+    samples: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    bar = _progress(progress, len(tiles) * (repeats + 1), f"profiling {graph.name}")
+    for t in tiles:
+        ex = TiledExecutor(graph, t)
+        for rep in range(repeats + 1):
+            store: list[Any] = [None] * len(ex.tasks)
+            for tid, x in zip(ex.program.inputs, inputs):
+                store[tid] = x
+            with torch.inference_mode():
+                for tid, fn, readers, _ in ex._steps:
+                    xs = [r(store) for r in readers]
+                    s = time.perf_counter()
+                    store[tid] = fn(*xs)
+                    dt = time.perf_counter() - s
+                    task = ex.tasks[tid]
+                    if rep > 0 and task.kind in ("tile", "whole"):  # rep 0 warms up
+                        rows = task.b - task.a if task.kind == "tile" else 1
+                        samples[task.value][rows].append(dt)
+            bar()
+    nodes = {}
+    for node in graph:
+        pts = [(rows, statistics.median(v)) for rows, v in samples[node.name].items()]
+        nodes[node.name] = fit_line(pts) if node.locality else NodeCost(
+            0.0, statistics.median(samples[node.name][1]) if samples[node.name][1] else 0.0)
+    costs = PeerCosts(nodes, _copy_cost(), name or f"{device}x{torch.get_num_threads()}")
+    if key is not None:
+        _MEMO[key] = costs
+        try:
+            d = _cache_dir()
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{key[0][:32]}-{key[1]}-{key[2]}.json").write_text(costs_to_json(costs))
+        except OSError:
+            pass  # a read-only home: the in-memory cache still serves this process
+    return costs
+
+
+def _copy_cost() -> float:
+    a = torch.randn(1 << 20)
+    b = torch.randn(1 << 20)
+    torch.cat([a, b])
+    s = time.perf_counter()
+    for _ in range(5):
+        torch.cat([a, b])
+    return (time.perf_counter() - s) / 5 / (8 << 20)
+
+
+def _progress(enabled: bool, total: int, label: str) -> Any:
+    if not enabled:
+        return lambda: None
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=label, leave=False)
+        return lambda: bar.update(1)
+    except ImportError:
+        import sys
+
+        done = [0]
+
+        def step() -> None:
+            done[0] += 1
+            print(f"\r{label}: {done[0]}/{total}", end="" if done[0] < total else "\n",
+                  file=sys.stderr, flush=True)
+
+        return step
