@@ -315,8 +315,12 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
         if n <= _JOIN_MAX:
             t.write(header + payload if n else header)
             return
-        t.write(header)
-        pos = 0
+        if self._vectored:
+            t.writelines((header, payload[:_CHUNK]))
+            pos = _CHUNK
+        else:
+            t.write(header)
+            pos = 0
         while pos < n:
             await self._drain()
             t.write(payload[pos : pos + _CHUNK])
