@@ -226,37 +226,42 @@ class ConvWindow(Window):
     rule = "window(conv)"
 
     def make(self, a: int, b: int, slots: Mapping[str, int], static: Mapping[str, Any]) -> Kernel:
-        call = self._packed(static) if len(slots) == 1 else None
+        c, e, top, bottom = self.rows(a, b)
+        call = self._packed(static, top + (e - c) + bottom) if len(slots) == 1 else None
         if call is None:
             return super().make(a, b, slots, static)
-        _, _, top, bottom = self.rows(a, b)
         if top == 0 and bottom == 0:
             return call
         dim = self.deps[0].dim
         return lambda x: call(pad_rows(x, dim, top, bottom, 0.0))
 
-    def _packed(self, static: Mapping[str, Any]) -> Kernel | None:
+    def _packed(self, static: Mapping[str, Any], rows: int) -> Kernel | None:
+        """oneDNN call with the weight reordered for this tile's input shape: oneDNN
+        picks its weight layout by input shape, and a weight packed for another shape
+        is silently repacked on every call (slowly). Packs are shared by equal tiles."""
         args = self._args()
         w_ref, b_ref = args[1], args[2]
         w = static.get(w_ref.name) if isinstance(w_ref, Ref) else None
         bias = static.get(b_ref.name) if isinstance(b_ref, Ref) else None
+        in_shape = list(getattr(self, "in_shape", ()))
         if (w is None or w.dim() not in (4, 5) or w.dtype != torch.float32 or w.is_cuda
-                or (isinstance(b_ref, Ref) and bias is None) or not _ONEDNN):
+                or (isinstance(b_ref, Ref) and bias is None) or not _ONEDNN or not in_shape):
             return None
         n = w.dim() - 2
         stride, pad, dil = (_expand(args[i], n) for i in (3, 4, 5))
         groups = args[8]
-        cached = getattr(self, "_packed_weight", None)
-        if cached is None or cached[0] is not w:
-            in_shape = list(self.node.meta.shape)
-            in_shape[1] = w.shape[1] * groups
+        in_shape[self.dim] = rows
+        packs = getattr(self, "_packs", None)
+        if packs is None or packs[0] is not w:
+            self._packs = packs = (w, {})
+        packed = packs[1].get(rows)
+        if packed is None:
             try:
                 packed = torch.ops.mkldnn._reorder_convolution_weight(
                     w, pad, stride, dil, groups, in_shape)
             except RuntimeError:
                 return None
-            self._packed_weight = cached = (w, packed)
-        packed = cached[1]
+            packs[1][rows] = packed
         op = torch.ops.mkldnn._convolution_pointwise
         return lambda x: op(x, packed, bias, pad, stride, dil, groups, "none", [], None)
 
@@ -330,8 +335,10 @@ def convolution(node: Node, g: Graph, td: TD) -> Locality | None:
         op = _expand(node.args[7], n)[i]
         return TransposedWindow(node, d, deps, k=k, s=s, p=p, d=dil, in_size=g.meta(x).shape[d],
                                 axis=i, pad_arg=4, output_padding=op)
-    return ConvWindow(node, d, deps, k=k, s=s, p=p, d=dil, in_size=g.meta(x).shape[d], axis=i,
-                      pad_arg=4)
+    loc = ConvWindow(node, d, deps, k=k, s=s, p=p, d=dil, in_size=g.meta(x).shape[d], axis=i,
+                     pad_arg=4)
+    loc.in_shape = g.meta(x).shape
+    return loc
 
 
 class TransposedWindow(Window):
