@@ -41,7 +41,7 @@ class WsStream(Stream):
         ws, limits = self._ws, self.limits
         try:
             while True:
-                if not self._resume.is_set():
+                if not self._resume.is_set() and not self._closing:
                     await self._resume.wait()
                 msg = await ws.receive()
                 first = now_ns()
@@ -109,6 +109,7 @@ class WsStream(Stream):
         if self._closing:
             return
         self._closing = True
+        self._resume.set()  # read on, so that the peer's close (or its loss) is seen
         try:
             code = aiohttp.WSCloseCode.PROTOCOL_ERROR if error else aiohttp.WSCloseCode.OK
             with contextlib.suppress(Exception):
