@@ -22,6 +22,8 @@ CNN = f"{MODELS}:make_cnn"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    if argv and argv[0] == "verify" and "--loopback" not in argv:
+        argv = (*argv, "--loopback", "none")  # plan checks have their own test below
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
@@ -92,6 +94,15 @@ def test_verify_json_schema(capsys):
         assert c["rel_err"] < 1e-5
     assert doc["exact"] is True
     assert 0.9 < doc["local_flops_share"] < 1.0
+
+
+def test_verify_plan_checks_in_loopback(capsys):
+    code, doc = run_json(capsys, "verify", CNN, "--tiles", "3", "--loopback", "tcp")
+    assert code == 0
+    names = [c["name"] for c in doc["checks"]]
+    assert names == ["tiled:3", "plan:local", "plan:offload", "plan:offload-tiled", "plan:cut",
+                     "plan:split"]
+    assert all(c["exact"] for c in doc["checks"]) and doc["exact"] is True
 
 
 def test_verify_options(capsys):
@@ -255,7 +266,7 @@ def test_console_entry_point_subprocess(tmp_path):
     """The real entry (`python -m lopinfer.cli`), in a fresh process: JSON on stdout."""
     proc = subprocess.run(
         [sys.executable, "-m", "lopinfer.cli", "verify", CNN, "--tiles", "1,4", "--json",
-         "--input-shape", "1,3,8,8"],
+         "--input-shape", "1,3,8,8", "--loopback", "none"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

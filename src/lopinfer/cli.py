@@ -220,6 +220,9 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, metavar="N",
                    help="batch size (replaces the input shape's first dim)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and input (default 0)")
+    p.add_argument("--loopback", choices=("none", "tcp", "ws", "shm"), default="tcp",
+                   help="also run every plan kind through a loopback server over this "
+                        "transport (plan:<kind> checks; default tcp, none to skip)")
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -229,7 +232,14 @@ def _run_verify(args: argparse.Namespace) -> int:
     if args.batch is not None and args.batch < 1:
         raise _Usage(f"bad --batch {args.batch}: expected a positive integer")
     model, x, name = _load(args, batch=args.batch, dtype=args.dtype)
-    report = verify(model, (x,), tiles, name=name, tiled_dim=args.tiled_dim)
+    if args.loopback == "none":
+        report = verify(model, (x,), tiles, name=name, tiled_dim=args.tiled_dim)
+    else:
+        from .verify import LoopbackChecks
+
+        with LoopbackChecks(args.loopback) as plans:
+            report = verify(model, (x,), tiles, name=name, tiled_dim=args.tiled_dim,
+                            runners=plans.runners())
     report["spec"] = args.model
     if args.json:
         _print_json(report_json(report))
@@ -247,7 +257,45 @@ def _run_verify(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", action="append", default=[], metavar="URL",
+                   help="tcp://0.0.0.0:7700, ws://0.0.0.0:7701/lopinfer, shm://name (repeatable)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--token-file", help="file holding the token clients must present")
+    p.add_argument("--models", help="folder of pre-deployed models (NAME.json + NAME.safetensors)")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work may finish")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .runtime.serve import main as serve_main
+
+    argv = [a for url in args.listen for a in ("--listen", url)]
+    argv += ["--device", args.device, "--grace", str(args.grace), "--threads", str(args.threads)]
+    if args.token_file:
+        argv += ["--token-file", args.token_file]
+    if args.models:
+        argv += ["--models", args.models]
+    sys.stderr = sys.__stderr__  # the server logs for as long as it runs
+    return serve_main(argv)
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--transport", choices=("tcp", "ws", "shm"), default="tcp")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per plan (median)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args.transport, args.repeats, args.json)
+
+
 COMMANDS: list[Command] = [
+    ("serve", "serve LOPInfer sessions (graceful stop on SIGINT/SIGTERM)", _serve_args, _run_serve),
+    ("demo", "run every plan kind of a built-in model in loopback and print a table",
+     _demo_args, _run_demo),
     ("inspect", "capture a model and show every node: local or global, halo, FLOPs",
      _inspect_args, _run_inspect),
     ("verify", "run a model plainly and tiled, and check the results are exact",

@@ -140,3 +140,88 @@ def report_json(report: dict[str, Any]) -> dict[str, Any]:
         return v
 
     return fix(report)
+
+
+class LoopbackChecks:
+    """``plan:<kind>`` runners for :func:`verify`: every plan kind (local, offload,
+    tiled offload, single cut, intra-layer split) run through a loopback server in a
+    child process, over ``transport``. Use as a context manager."""
+
+    KINDS = ("local", "offload", "offload-tiled", "cut", "split")
+
+    def __init__(self, transport: str = "tcp", tiles: int = 4) -> None:
+        self.transport, self.tiles = transport, tiles
+        self._loop: Any = None
+        self._thread: Any = None
+        self._cm: Any = None
+        self._client: Any = None
+        self._session: Any = None
+        self._graph: Any = None
+
+    def __enter__(self) -> LoopbackChecks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, coro: Any, timeout: float = 600) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _start(self) -> None:
+        import asyncio
+        import threading
+
+        from .runtime import loopback
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="lopinfer-verify")
+        self._thread.start()
+        self._cm = loopback(self.transport, peer_timeout=120)
+        self._client = self._call(self._cm.__aenter__())
+
+    def _plan(self, graph: Any, kind: str) -> Any:
+        from .scheduler import cut_plan, local_plan, local_segments, offload_plan, split_plan
+
+        if kind == "local":
+            return local_plan(graph, self.tiles)
+        if kind == "offload":
+            return offload_plan(graph, 1)
+        if kind == "offload-tiled":
+            return offload_plan(graph, self.tiles)
+        if kind == "cut":
+            return cut_plan(graph, len(graph) // 3, self.tiles)
+        seg = max(local_segments(graph), key=lambda s: s[1] - s[0])
+        return split_plan(graph, 0.5, seg[0], seg[1], self.tiles, halo="send")
+
+    def run(self, kind: str, graph: Any, inputs: tuple[torch.Tensor, ...]) -> Any:
+        if self._client is None:
+            self._start()
+        if self._graph is not graph:
+            self._session = self._call(self._client.deploy(graph, None))
+            self._graph = graph
+
+        async def once() -> Any:
+            await self._session.use_plan(self._plan(graph, kind))
+            out = await self._session.infer(*inputs)
+            report = self._session.last_report
+            if report.fell_back:
+                raise LopInferError(f"plan:{kind} fell back to local: {report.reason}")
+            return out
+
+        return self._call(once())
+
+    def runners(self) -> list[Runner]:
+        return [(f"plan:{k}", lambda g, x, k=k: self.run(k, g, x)) for k in self.KINDS]
+
+    def close(self) -> None:
+        if self._cm is not None:
+            try:
+                self._call(self._cm.__aexit__(None, None, None), timeout=60)
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(timeout=10)
+                self._loop.close()
+            self._cm = None
