@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from ..errors import (
     ConnectionClosedError,
+    InputError,
     ProtocolError,
     TransportError,
 )
@@ -39,7 +40,12 @@ from ._options import Options
 
 log = logging.getLogger("lopinfer.transports")
 
-_DEFAULT: Any = object()
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+_DEFAULT: Any = _Default()  # "use the connection's option" (None means "no limit")
 _RATE_MIN_NS = 500_000  # a send that took longer than this was paced by the link
 
 
@@ -172,8 +178,6 @@ class Connection:
         self._check_open()
         body = encode_message(msg)
         if len(body) > self.options.max_message_size:
-            from ..errors import InputError
-
             raise InputError(
                 f"{type(msg).__name__} of {len(body)} bytes exceeds max_message_size={self.options.max_message_size}"
             )

@@ -10,7 +10,13 @@ from urllib.parse import SplitResult
 import aiohttp
 from aiohttp import web
 
-from ..errors import ConnectError, ConnectionClosedError, InputError, ProtocolError
+from ..errors import (
+    ConnectError,
+    ConnectionClosedError,
+    InputError,
+    ProtocolError,
+    TransportTimeoutError,
+)
 from ._base import Inbox, RawFrame, Server, Stream, StreamHandler, now_ns
 from ._compress import codec_executor
 from ._frame import lz4_bound, parse_preamble
@@ -89,8 +95,6 @@ class WsStream(Stream):
         try:
             await asyncio.wait_for(self._ws.send_bytes(data), self.options.send_timeout)
         except asyncio.TimeoutError:
-            from ..errors import TransportTimeoutError
-
             self.abort()
             raise TransportTimeoutError(
                 f"sending to {self.remote_address} timed out after {self.options.send_timeout} s"
