@@ -273,3 +273,22 @@ def test_console_entry_point_subprocess(tmp_path):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["exact"] is True and len(doc["checks"]) == 2
+
+
+def test_plan_command_lists_every_planner(capsys):
+    code, doc = run_json(capsys, "plan", CNN, "--bandwidth", "20MB/s", "--input-shape", "1,3,32,32")
+    assert code == 0
+    names = [p["planner"] for p in doc["plans"]]
+    assert names[-1] == "lopinfer" and {"local", "offload", "neurosurgeon"} <= set(names)
+    best = min(p["latency_ms"] for p in doc["plans"] if p["planner"] != "lopinfer")
+    assert doc["plans"][-1]["latency_ms"] <= best + 1e-9
+    assert all(p["bound_ms"] <= p["latency_ms"] + 1e-9 for p in doc["plans"])
+
+
+def test_parse_rate():
+    from lopinfer.cli import parse_rate
+
+    assert parse_rate("10MB/s") == 10e6
+    assert parse_rate("80Mbit/s") == 10e6
+    assert parse_rate("1KiB/s") == 1024
+    assert parse_rate("2e6") == 2e6

@@ -280,6 +280,68 @@ def _run_serve(args: argparse.Namespace) -> int:
     return serve_main(argv)
 
 
+def parse_rate(text: str) -> float:
+    """"10MB/s", "500kB/s", "80Mbit/s", "1e7" -> bytes per second."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKMGT]?)(i?)(B|b|bit|bps)?(?:/s)?\s*",
+                     text)
+    if not m:
+        raise _Usage(f"bad rate {text!r}: expected e.g. 10MB/s, 500kB/s, 80Mbit/s")
+    value, prefix, binary, unit = float(m.group(1)), m.group(2).upper(), m.group(3), m.group(4)
+    scale = (1024 if binary else 1000) ** " KMGT".index(prefix or " ")
+    bits = unit in ("b", "bit", "bps")
+    return value * scale / (8 if bits else 1)
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    p.add_argument("--bandwidth", required=True, help="link rate, e.g. 10MB/s (both directions)")
+    p.add_argument("--rtt", type=float, default=2.0, help="round-trip time in ms (default 2)")
+    p.add_argument("--client-speed", type=float, default=18.0, metavar="X",
+                   help="the device is X times slower than this machine (default 18, the "
+                        "seed's robot vs server); this machine is profiled as the server")
+    p.add_argument("--device-profile", default="jetson-xavier-nx",
+                   help="power model of the device for the energy column")
+    p.add_argument("--objective", choices=("latency", "energy"), default="latency")
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from .graph import capture
+    from .scheduler.cost import CostModel, Link
+    from .scheduler.energy import DEVICE_PROFILES, Objective
+    from .scheduler.planners import plan_all
+    from .scheduler.profiler import profile
+
+    bw = parse_rate(args.bandwidth)
+    if args.device_profile not in DEVICE_PROFILES:
+        raise _Usage(f"unknown --device-profile {args.device_profile!r}; known: "
+                     f"{', '.join(DEVICE_PROFILES)}")
+    model, x, name = _load(args)
+    graph = capture(model, (x,), name=name)
+    server = profile(graph, (x,), name="server(here)")
+    client = server.scaled(args.client_speed, "client")
+    link = Link(bw, args.rtt / 2000)
+    cm = CostModel(client, server, link, Link(bw, args.rtt / 2000))
+    obj = Objective(args.objective, None, DEVICE_PROFILES[args.device_profile])
+    res = plan_all(graph, cm, obj)
+    rows = [{"planner": k, "plan": v.plan.name, "latency_ms": 1e3 * v.latency_s,
+             "energy_mj": 1e3 * v.energy_j, "bound_ms": 1e3 * v.bound_s,
+             "bytes_up": v.prediction.bytes_up, "bytes_down": v.prediction.bytes_down}
+            for k, v in res.items()]
+    if args.json:
+        _print_json({"model": name, "bandwidth": bw, "client_speed": args.client_speed,
+                     "objective": args.objective, "plans": rows,
+                     "lopinfer_plan": res["lopinfer"].plan.to_dict()})
+    else:
+        _table(["planner", "plan", "latency ms", "energy mJ", "bound ms", "up KB", "down KB"],
+               [(r["planner"], r["plan"], f"{r['latency_ms']:.2f}", f"{r['energy_mj']:.1f}",
+                 f"{r['bound_ms']:.2f}", f"{r['bytes_up'] / 1024:.0f}",
+                 f"{r['bytes_down'] / 1024:.0f}") for r in rows], right=(2, 3, 4, 5, 6),
+               title=f"{name}: {args.bandwidth} link, device {args.client_speed:g}x slower")
+    return 0
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", choices=("tcp", "ws", "shm"), default="tcp")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per plan (median)")
@@ -296,6 +358,8 @@ COMMANDS: list[Command] = [
     ("serve", "serve LOPInfer sessions (graceful stop on SIGINT/SIGTERM)", _serve_args, _run_serve),
     ("demo", "run every plan kind of a built-in model in loopback and print a table",
      _demo_args, _run_demo),
+    ("plan", "every planner's plan for a model at a bandwidth: latency, energy, bound",
+     _plan_args, _run_plan),
     ("inspect", "capture a model and show every node: local or global, halo, FLOPs",
      _inspect_args, _run_inspect),
     ("verify", "run a model plainly and tiled, and check the results are exact",
