@@ -411,7 +411,7 @@ class BufferPool:
     """
 
     MIN_SIZE = 64 * 1024
-    PER_SIZE = 16
+    PER_SIZE = 64
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self._bufs: dict[int, list[np.ndarray]] = {}

@@ -65,8 +65,8 @@ class Options:
     send_high_water: int = 16 * MiB
     send_low_water: int = 4 * MiB
     max_send_frames: int = 4096
-    recv_high_water: int = 32 * MiB
-    recv_low_water: int = 8 * MiB
+    recv_high_water: int = 8 * MiB
+    recv_low_water: int = 2 * MiB
     compression: str = "auto"
     compress_min_size: int = 8192
     bandwidth: float | None = None

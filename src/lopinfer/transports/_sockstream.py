@@ -27,7 +27,7 @@ _HEADER_READ = 4096
 _JOIN_MAX = 64 * 1024  # header and payload up to this size go out in one write
 _NOWAIT_MAX = 1 << 20  # write payloads up to this size at once (the OS takes most of it)
 _CHUNK = 1 << 20  # largest single write of a big payload (asyncio copies what the OS did not take)
-_WRITE_HIGH = 256 * 1024  # the transport buffers this much before pausing us (copied)
+_WRITE_HIGH = 256 * 1024  # the transport buffers this much before pausing us (copied on 3.11 asyncio)
 _WRITE_LOW = 64 * 1024
 
 
@@ -140,7 +140,7 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
     def __init__(self, options: Options) -> None:
         super().__init__(options)
         self._transport: asyncio.Transport | None = None
-        self._pool = BufferPool(options.recv_high_water)
+        self._pool = BufferPool(2 * options.recv_high_water)
         self._reader = FrameReader(self)
         self._inbox = Inbox(
             options.recv_high_water, options.recv_low_water, self._pause_reading, self._resume_reading
