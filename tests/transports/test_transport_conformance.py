@@ -377,3 +377,18 @@ def test_received_tensors_are_never_overwritten(listen_url: str, arun) -> None:
                 assert bool(((await roundtrip(c, torch.full((1 << 16,), float(i)))).tensor == i).all())
 
     arun(main)
+
+
+def test_tensors_may_change_after_drain(listen_url: str, arun) -> None:
+    async def main() -> None:
+        async with await listen(listen_url, echo) as lst, await connect(lst.url) as c:
+            x = torch.arange(1 << 21, dtype=torch.float32)  # 8 MiB
+            want = x.clone()
+            for i in range(3):
+                await c.send_tensor(Frame(tensor=x, tensor_id=i))
+            await c.drain()
+            x.fill_(-1)  # after drain() the sender's memory is its own again
+            for _ in range(3):
+                assert torch.equal((await c.recv()).tensor, want)
+
+    arun(main)

@@ -85,6 +85,11 @@ class Stream(abc.ABC):
         """Bytes accepted by :meth:`send` but not yet handed to the OS or the peer."""
         return 0
 
+    async def flush(self, timeout: float | None) -> None:
+        """Wait until nothing sent is left in user-space buffers (the transport may
+        refer to a payload's memory until then, e.g. uvloop writes without copying)."""
+        return None
+
     def recv_buffered(self) -> tuple[int, int]:
         """(frames, bytes) received and waiting for :meth:`receive_nowait`."""
         return 0, 0

@@ -284,18 +284,23 @@ class Connection:
                 self._space_waiters.remove(fut)
 
     async def drain(self, *, timeout: float | None = _DEFAULT) -> None:
-        """Wait until every queued frame was handed to the OS (or peer).
+        """Wait until every frame sent so far was handed to the OS (or peer); after it,
+        the tensors sent may be modified.
 
         Raises:
             ConnectionClosedError: the connection broke first.
             TransportTimeoutError: not drained within ``timeout`` (default ``send_timeout``).
         """
+        limit = self.options.send_timeout if timeout is _DEFAULT else timeout
         while self._queue or self._writing:
             if self._error is not None:
                 raise self._error
             fut = self._loop.create_future()
             self._drain_waiters.append(fut)
-            await wait_future(fut, self.options.send_timeout if timeout is _DEFAULT else timeout, "drain")
+            await wait_future(fut, limit, "drain")
+        if self._error is not None:
+            raise self._error
+        await self._stream.flush(limit)
         if self._error is not None:
             raise self._error
 

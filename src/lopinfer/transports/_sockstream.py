@@ -146,7 +146,7 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
             options.recv_high_water, options.recv_low_water, self._pause_reading, self._resume_reading
         )
         self._write_paused = False
-        self._drain_waiter: asyncio.Future | None = None
+        self._drain_waiters: list[asyncio.Future] = []
         self._closed_waiter: asyncio.Future | None = None
         self._error: Exception | None = None  # why sending is impossible
         self._closing = False
@@ -218,9 +218,10 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        w = self._drain_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
     # -- internals --------------------------------------------------------------------
     def _frame_received(self, frame: RawFrame) -> None:
@@ -232,9 +233,10 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
                 ConnectionClosedError(str(exc)))  # fmt: skip
         if read_too:
             self._inbox.fail(exc)
-        w = self._drain_waiter
-        if w is not None and not w.done():
-            w.set_exception(self._error)
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_exception(self._error)
 
     def _pause_reading(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -276,16 +278,23 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
             raise self._error
         if not self._write_paused:
             return
-        assert self._loop is not None
-        self._drain_waiter = self._loop.create_future()
         try:
-            await wait_future(self._drain_waiter, self.options.send_timeout, "sending (peer not reading)")
+            await self._writable(self.options.send_timeout, "sending (peer not reading)")
         except TransportTimeoutError as exc:
             self._broken(exc, read_too=True)
             self.abort()
             raise
+
+    async def _writable(self, timeout: float | None, what: str) -> None:
+        """Wait for resume_writing() (or for the stream to break)."""
+        assert self._loop is not None
+        fut = self._loop.create_future()
+        self._drain_waiters.append(fut)
+        try:
+            await wait_future(fut, timeout, what)
         finally:
-            self._drain_waiter = None
+            if fut in self._drain_waiters:
+                self._drain_waiters.remove(fut)
 
     # -- Stream interface -------------------------------------------------------------
     def send_nowait(self, header: bytes, payload: memoryview) -> bool:
@@ -326,6 +335,20 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
             t.write(payload[pos : pos + _CHUNK])
             pos += _CHUNK
 
+    async def flush(self, timeout: float | None) -> None:
+        t = self._transport
+        if t is None or self._error is not None or t.is_closing() or not t.get_write_buffer_size():
+            return
+        assert self._loop is not None
+        t.set_write_buffer_limits(high=0, low=0)  # resume_writing() once it is empty
+        try:
+            while t.get_write_buffer_size() and self._error is None and not t.is_closing():
+                self._write_paused = True
+                await self._writable(timeout, "flushing")
+        finally:
+            if not t.is_closing():
+                t.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
+
     def receive_nowait(self) -> RawFrame | None:
         return self._inbox.get_nowait()
 
@@ -354,9 +377,7 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
             return
         try:
             if self._error is None and self._write_paused:
-                assert self._loop is not None
-                self._drain_waiter = self._loop.create_future()
-                await wait_future(self._drain_waiter, self.options.close_timeout, "closing")
+                await self._writable(self.options.close_timeout, "closing")
         except Exception:
             t.abort()
         else:
