@@ -24,6 +24,7 @@ log = logging.getLogger("lopinfer.transports")
 _STAGING = 256 * 1024
 _DIRECT_MIN = 32 * 1024  # read payload remainders at least this big straight into the tensor
 _HEADER_READ = 4096
+_DIRECT_MAX = 4 << 20
 _JOIN_MAX = 64 * 1024  # header and payload up to this size go out in one write
 _NOWAIT_MAX = 1 << 20  # write payloads up to this size at once (the OS takes most of it)
 _CHUNK = 1 << 20  # largest single write of a big payload (asyncio copies what the OS did not take)
@@ -65,7 +66,8 @@ class FrameReader:
         ):
             self._direct = True
             assert self._dest_mv is not None
-            return self._dest_mv[self._filled :]
+            # at most 4 MiB per read: one loop step never copies for more than ~1 ms
+            return self._dest_mv[self._filled : self._filled + _DIRECT_MAX]
         self._direct = False
         if self._end == len(self._buf) or self._end > len(self._buf) - 4096 and self._start:
             n = self._end - self._start
