@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from ._codec import decode_frame, encode_frame
 from ._compress import HAVE_LZ4, AdaptiveCompressor
-from ._connection import Connection, ConnectionStatistics, LinkObserver, TransferRecord
+from ._connection import Connection
 from ._frame import SUPPORTED_DTYPES, Frame, Limits
 from ._listener import Listener, ListenerStatistics
 from ._messages import (
@@ -64,6 +64,7 @@ from ._messages import (
 )
 from ._options import Options
 from ._registry import SCHEMES, connect, event_loop_factory, listen, run
+from ._stats import ConnectionStatistics, LinkObserver, TransferRecord
 
 __all__ = [
     "HAVE_LZ4",

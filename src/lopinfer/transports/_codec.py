@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ProtocolError
+from ._buffers import as_uint8_array, build_tensor, frame_from_header
 from ._compress import decompress_block
 from ._frame import (
     FLAG_LZ4,
@@ -16,10 +17,7 @@ from ._frame import (
     Frame,
     Limits,
     TensorHeader,
-    as_uint8_array,
-    build_tensor,
     control_header,
-    frame_from_header,
     parse_header,
     prepare_tensor,
     tensor_header,

@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..errors import (
     ConnectionClosedError,
@@ -21,22 +21,21 @@ from ..errors import (
     TransportError,
 )
 from ._base import RawFrame, Stream, now_ns, wait_future
+from ._buffers import as_uint8_array, build_tensor, frame_from_header
 from ._compress import AdaptiveCompressor, codec_executor
 from ._frame import (
     FLAG_LZ4,
     TYPE_CONTROL,
     Frame,
     PreparedTensor,
-    as_uint8_array,
-    build_tensor,
     control_header,
-    frame_from_header,
     parse_header,
     prepare_tensor,
     tensor_header,
 )
 from ._messages import Error, Message, decode_message, encode_message
 from ._options import Options
+from ._stats import ConnectionStatistics, LinkObserver, TransferRecord
 
 log = logging.getLogger("lopinfer.transports")
 
@@ -47,55 +46,6 @@ class _Default:
 
 _DEFAULT: Any = _Default()  # "use the connection's option" (None means "no limit")
 _RATE_MIN_NS = 500_000  # a send that took longer than this was paced by the link
-
-
-class TransferRecord(NamedTuple):
-    """One frame that crossed the link, for bandwidth estimators.
-
-    Times are ``time.perf_counter_ns()`` on this side. For a send, ``start_ns`` ..
-    ``end_ns`` is the write (handing bytes to the OS or peer), ``queued_ns`` when the
-    caller submitted it. For a receive, ``start_ns`` .. ``end_ns`` spans its first and
-    last byte, and ``peer_time_ns`` is the sender's wall clock (``time.time_ns()``) at
-    encoding, from the header.
-    """
-
-    direction: str  # "send" | "recv"
-    kind: str  # "tensor" | "control"
-    wire_bytes: int
-    raw_bytes: int
-    compressed: bool
-    queued_ns: int
-    start_ns: int
-    end_ns: int
-    peer_time_ns: int = 0
-
-
-LinkObserver = Callable[[TransferRecord], None]
-
-
-@dataclass(frozen=True)
-class ConnectionStatistics:
-    """A snapshot of a connection's counters (bytes include headers where ``wire``)."""
-
-    frames_sent: int
-    frames_received: int
-    wire_bytes_sent: int
-    wire_bytes_received: int
-    raw_bytes_sent: int
-    raw_bytes_received: int
-    compressed_sent: int
-    compressed_received: int
-    compression_attempts: int
-    compression_ratio: float  # measured compressed/raw, EWMA
-    send_queue_frames: int
-    send_queue_bytes: int
-    transport_buffered: int
-    recv_queue_frames: int
-    recv_queue_bytes: int
-    send_rate: float | None  # bytes/s measured on sends the link slowed down
-    bandwidth_estimate: float | None
-    protocol_errors: int
-    recent: tuple[TransferRecord, ...]
 
 
 @dataclass(slots=True)

@@ -12,8 +12,8 @@ from urllib.parse import SplitResult
 
 from ..errors import ConnectError, ConnectionClosedError
 from ._base import Inbox, RawFrame, Server, Stream, StreamHandler, now_ns, wait_future
+from ._buffers import alloc_payload
 from ._compress import codec_executor
-from ._frame import alloc_payload
 from ._options import Options
 
 _servers: dict[str, MemServer] = {}

@@ -16,7 +16,8 @@ from typing import Any
 
 from ..errors import ConnectionClosedError, ProtocolError, TransportTimeoutError
 from ._base import Inbox, RawFrame, Stream, now_ns, wait_future
-from ._frame import PREAMBLE, BufferPool, parse_preamble
+from ._buffers import BufferPool
+from ._frame import PREAMBLE, parse_preamble
 from ._options import Options
 
 log = logging.getLogger("lopinfer.transports")
