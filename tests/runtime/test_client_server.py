@@ -21,13 +21,13 @@ from lopinfer.runtime import LOPInfer, Server, connect, loopback
 from lopinfer.scheduler import cut_plan, local_plan, local_segments, offload_plan, split_plan
 
 HAVE_AIOHTTP = importlib.util.find_spec("aiohttp") is not None
-TRANSPORTS = [
-    "mem://lop-test",
-    "tcp://127.0.0.1:0",
-    pytest.param("ws://127.0.0.1:0/lopinfer",
-                 marks=pytest.mark.skipif(not HAVE_AIOHTTP, reason="ws needs aiohttp (extra 'ws')")),
-    "shm://lop-test",
-]
+TRANSPORTS = ["mem://lop-test", "tcp://127.0.0.1:0", "ws://127.0.0.1:0/lopinfer", "shm://lop-test"]
+
+
+def _case(url: str, name: str):
+    marks = [pytest.mark.skipif(not HAVE_AIOHTTP, reason="ws needs aiohttp (extra 'ws')")] \
+        if url.startswith("ws") else []
+    return pytest.param(url, name, marks=marks, id=f"{url.split(':')[0]}-{name}")
 
 
 def plans_for(graph):
@@ -38,8 +38,9 @@ def plans_for(graph):
             local_plan(graph, 2)]
 
 
-CASES = [(url, name) for url in TRANSPORTS for name in ("vgg", "resnet", "unet", "densenet")]
-CASES += [(url, name) for url in TRANSPORTS[:2] for name in ("mobilenet_v3", "convnext", "conv3d")]
+CASES = [_case(url, name) for url in TRANSPORTS for name in ("vgg", "resnet", "unet", "densenet")]
+CASES += [_case(url, name) for url in TRANSPORTS[:2]
+          for name in ("mobilenet_v3", "convnext", "conv3d")]
 
 
 @pytest.mark.parametrize(("url", "name"), CASES)
@@ -214,3 +215,32 @@ def test_eight_concurrent_clients_with_different_models():
 
 def test_lazy_public_names():
     assert lopinfer.connect is connect and lopinfer.LOPInfer is LOPInfer
+
+
+@pytest.mark.skipif(not HAVE_AIOHTTP, reason="ws needs aiohttp (extra 'ws')")
+def test_healthz_and_metrics_on_the_ws_listener():
+    import aiohttp
+
+    pytest.importorskip("prometheus_client", reason="/metrics needs prometheus-client (extra 'ws')")
+    model, x = REFERENCE_NETS["vgg"]()
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("ws://127.0.0.1:0/lopinfer")
+            async with connect(url) as client:
+                session = await client.deploy(model, (x,))
+                assert_exact(await session.infer(x), reference(model, x))
+            http = url.replace("ws://", "http://").rsplit("/", 1)[0]
+            async with aiohttp.ClientSession() as web:
+                async with web.get(f"{http}/healthz") as r:
+                    assert r.status == 200
+                    doc = await r.json()
+                    assert doc["status"] == "ok" and doc["deployments"] == 1
+                async with web.get(f"{http}/metrics") as r:
+                    assert r.status == 200
+                    text = await r.text()
+            assert "lopinfer_inferences_total 1.0" in text
+            assert 'lopinfer_inference_seconds_bucket{le="+Inf"} 1.0' in text
+            assert "lopinfer_received_bytes_total" in text
+
+    asyncio.run(main())

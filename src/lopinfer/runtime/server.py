@@ -90,7 +90,12 @@ class Server:
     async def start(self, *urls: str, **options: Any) -> list[str]:
         """Listen on every URL; returns the bound URLs (port 0 resolved)."""
         for url in urls:
-            self.listeners.append(await listen(url, self._handle, **options))
+            opts = dict(options)
+            if url.startswith(("ws://", "wss://")):
+                from .metrics import http_routes
+
+                opts.setdefault("http_routes", tuple(http_routes(self)))
+            self.listeners.append(await listen(url, self._handle, **opts))
         return [lst.url for lst in self.listeners]
 
     @property

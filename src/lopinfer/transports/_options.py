@@ -52,6 +52,8 @@ class Options:
             less than half of it is held; ``False`` always copies out.
         max_connections: a listener refuses connections beyond this many.
         shutdown_timeout: a closing listener lets handlers finish this long, then cancels.
+        http_routes: extra ``(method, path, aiohttp handler)`` served beside a ``ws://``
+            listener's endpoint (the server's ``/healthz`` and ``/metrics``).
     """
 
     connect_timeout: float | None = 10.0
@@ -79,6 +81,7 @@ class Options:
     shm_zero_copy: bool = True
     max_connections: int = 256
     shutdown_timeout: float = 5.0
+    http_routes: tuple = ()
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSION_MODES:

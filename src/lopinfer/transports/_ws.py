@@ -205,6 +205,8 @@ async def start_server(url: SplitResult, on_stream: StreamHandler, options: Opti
 
     app = web.Application()
     app.router.add_get(path, handle)
+    for method, route, handler in options.http_routes:
+        app.router.add_route(method, route, handler)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=options.close_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port if port is not None else 0, ssl_context=options.ssl, reuse_address=True)
