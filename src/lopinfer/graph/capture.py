@@ -18,8 +18,9 @@ __all__ = ["capture", "PRESERVED_OPS"]
 
 log = logging.getLogger("lopinfer.graph")
 
-# torch.export keeps tracing state per process: captures must not run concurrently
-_EXPORT_LOCK = threading.Lock()
+# torch.export switches process-wide tracing state: captures must not run concurrently,
+# nor beside other symbolic work (the deploy format's meta shape checks)
+EXPORT_LOCK = threading.RLock()
 
 # Composite ops kept whole instead of being lowered to core ATen: each has a locality
 # rule, while its decomposition would be an index/gather pattern (pads, upsampling) that
@@ -141,7 +142,7 @@ def capture(model: nn.Module, example_inputs: Any, *, name: str | None = None) -
             "no floating-point input: LOPInfer tiles floating-point feature maps "
             f"(inputs are {', '.join(str(x.dtype) for x in args)})"
         )
-    with _EXPORT_LOCK:
+    with EXPORT_LOCK:
         tracker = _ModuleTracker(model)
         try:
             with torch.no_grad():

@@ -694,7 +694,16 @@ _META = torch.device("meta")
 
 
 def _check_shapes(graph: Graph) -> None:
-    """Run each op on ``meta`` tensors and compare with the declared output meta."""
+    """Run each op on ``meta`` tensors and compare with the declared output meta.
+    Never beside a capture: torch.export switches process-wide dispatch state that
+    breaks meta kernels run from other threads meanwhile."""
+    from .capture import EXPORT_LOCK
+
+    with EXPORT_LOCK:
+        _check_shapes_locked(graph)
+
+
+def _check_shapes_locked(graph: Graph) -> None:
     vals: dict[str, torch.Tensor] = {}
     for name in (*graph.inputs, *graph.params):
         m = graph.meta(name)
