@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nets import REFERENCE_NETS
 from torch import nn
 
 import lopinfer
 from lopinfer.errors import CaptureError, InputError, LopInferError, UnsupportedModelError
+from nets import REFERENCE_NETS
 
 
 def test_ir_has_ops_shapes_params_and_locality():
@@ -43,7 +43,6 @@ def test_tiled_dim_choice_is_the_analysis():
     convs = [n for n in g if n.target == "aten.convolution.default"]
     assert all(n.locality.dim == 3 for n in convs)
     from helpers import assert_exact, reference
-
     from lopinfer.runtime import TiledExecutor
 
     assert_exact(TiledExecutor(g, 5)(x), reference(model, x))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from helpers import assert_exact
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import lopinfer
+from helpers import assert_exact
 from lopinfer.runtime import TiledExecutor
 
 

@@ -12,13 +12,13 @@ import warnings
 
 import pytest
 import torch
-from helpers import assert_exact, reference
-from nets import REFERENCE_NETS
 
 import lopinfer
+from helpers import assert_exact, reference
 from lopinfer.errors import AuthError
 from lopinfer.runtime import LOPInfer, Server, connect, loopback
 from lopinfer.scheduler import cut_plan, local_plan, local_segments, offload_plan, split_plan
+from nets import REFERENCE_NETS
 
 HAVE_AIOHTTP = importlib.util.find_spec("aiohttp") is not None
 TRANSPORTS = ["mem://lop-test", "tcp://127.0.0.1:0", "ws://127.0.0.1:0/lopinfer", "shm://lop-test"]

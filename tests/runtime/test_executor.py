@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_exact, reference
-from nets import REFERENCE_NETS
 from torch import nn
 
 import lopinfer
+from helpers import assert_exact, reference
 from lopinfer.errors import InputError
 from lopinfer.runtime import TiledExecutor, partition
+from nets import REFERENCE_NETS
 
 TILINGS = [1, 2, 3, 4, 7, 16, [1, 3, 2], [5, 1, 1, 1], [0.1, 0.6, 0.3]]
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from helpers import assert_exact, reference
-from nets import REFERENCE_NETS
 
 import lopinfer
+from helpers import assert_exact, reference
 from lopinfer.runtime import compile_plan, pack_outputs
 from lopinfer.runtime.peer import DeviceWorker, PeerRun
 from lopinfer.scheduler import cut_plan, local_plan, local_segments, offload_plan, split_plan
+from nets import REFERENCE_NETS
 
 
 def run_two_peers(graph, plan, x, timeout=60):

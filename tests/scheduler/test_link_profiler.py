@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_exact, reference
-from nets import REFERENCE_NETS
 
 import lopinfer
+from helpers import assert_exact, reference
 from lopinfer.runtime import TiledExecutor, compile_plan
 from lopinfer.scheduler import local_plan
 from lopinfer.scheduler.cost import CostModel, Link
 from lopinfer.scheduler.link import Hysteresis, LinkEstimator
 from lopinfer.scheduler.profiler import costs_from_json, costs_to_json, fit_line, profile
 from lopinfer.scheduler.simulator import simulate
+from nets import REFERENCE_NETS
 
 
 def test_estimator_tracks_the_link_and_rejects_outliers():

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_exact, reference
-from nets import REFERENCE_NETS
 
 import lopinfer
+from helpers import assert_exact, reference
 from lopinfer.errors import PlanError
 from lopinfer.runtime import TiledExecutor, compile_plan
 from lopinfer.scheduler import (
@@ -21,6 +20,7 @@ from lopinfer.scheduler import (
     offload_plan,
     split_plan,
 )
+from nets import REFERENCE_NETS
 
 
 @pytest.fixture(scope="module", params=sorted(REFERENCE_NETS))

@@ -6,7 +6,6 @@ import itertools
 
 import pytest
 import torch
-from nets import REFERENCE_NETS
 from torch import nn
 
 import lopinfer
@@ -16,6 +15,7 @@ from lopinfer.scheduler.cost import CostModel, Link, NodeCost, PeerCosts, flop_c
 from lopinfer.scheduler.energy import Objective
 from lopinfer.scheduler.planners import partition_cost, plan_all, plan_dads
 from lopinfer.scheduler.simulator import lower_bound, simulate
+from nets import REFERENCE_NETS
 
 MS = 1e-3
 
@@ -87,7 +87,9 @@ def test_dads_equals_brute_force_on_small_dags():
         g = lopinfer.capture(Net().eval(), (x,))
         assert len(g) <= 12
         gen = torch.Generator().manual_seed(trial)
-        rnd = lambda: float(torch.rand(1, generator=gen)) * MS  # noqa: E731
+        def rnd(gen=gen):
+            return float(torch.rand(1, generator=gen)) * MS
+
         client = PeerCosts({n.name: NodeCost(rnd(), rnd() / 6) for n in g})
         server = PeerCosts({n.name: NodeCost(rnd() / 5, rnd() / 30) for n in g})
         bw = [50, 500, 5000][trial] / MS

@@ -22,7 +22,15 @@ from typing import Any
 
 import torch
 
-from ..errors import AuthError, ConnectError, LopInferError, PlanError, ProtocolError, RemoteError, TransportError
+from ..errors import (
+    AuthError,
+    ConnectError,
+    LopInferError,
+    PlanError,
+    ProtocolError,
+    RemoteError,
+    TransportError,
+)
 from ..graph import Graph, capture
 from ..scheduler.builders import local_plan, offload_plan
 from ..scheduler.plan import Plan

@@ -25,7 +25,7 @@ __all__ = [
     "split_plan",
 ]
 
-TileSpec = Union[int, Sequence[float], Mapping[str, Sequence[int]], Callable[[Node], Sequence[int]]]
+TileSpec = Union[int, Sequence[float], Mapping[str, Sequence[int]], Callable[[Node], Sequence[int]]]  # noqa: UP007 (a runtime alias)
 Interval = tuple[int, int]
 
 
