@@ -90,6 +90,9 @@ def _breakdown(ex: TiledExecutor, x: torch.Tensor, repeats: int) -> dict[str, fl
             "loop_s": max(0.0, total - kern - read - 3 * per_pc * n) / repeats}
 
 
+FOLD_BN = False
+
+
 def _executor(graph: Any, tiles: int, min_rows: int) -> TiledExecutor:
     if min_rows > 1:  # older executors have no min_rows
         return TiledExecutor(graph, tiles=tiles, min_rows=min_rows)
@@ -102,7 +105,7 @@ def bench_model(name: str, size: int, tiles: list[int], repeats: int, tiny: int,
     model = load_model(f"torchvision:{name}").module
     x = torch.randn(1, 3, size, size)
     t0 = time.perf_counter()
-    graph = capture(model, (x,), name=name)
+    graph = capture(model, (x,), name=name, fold_bn=FOLD_BN)
     capture_s = time.perf_counter() - t0
     executors = {t: _executor(graph, t, min_rows) for t in tiles}
 
@@ -142,7 +145,7 @@ def bench_model(name: str, size: int, tiles: list[int], repeats: int, tiny: int,
 
     # tiny input: kernels are nearly free, so the executor's own cost per task shows
     xt = torch.randn(1, 3, tiny, tiny)
-    gt = capture(model, (xt,), name=name)
+    gt = capture(model, (xt,), name=name, fold_bn=FOLD_BN)
     tiny_rows = []
     for t in tiles:
         ex = _executor(gt, t, min_rows)
@@ -183,10 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny-size", type=int, default=32)
     p.add_argument("--tiny-repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fold-bn", action="store_true",
+                   help="fold batch norms into convolutions at capture (fewer tasks per tile)")
     p.add_argument("--min-rows", type=int, default=1,
                    help="thinnest tile (executor's min_rows; default 1: exactly T tiles)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     args = p.parse_args(argv)
+    global FOLD_BN
+    FOLD_BN = args.fold_bn
     torch.set_num_threads(args.threads)
     tiles = [int(t) for t in args.tiles.split(",")]
     results = []
@@ -201,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "repeats": args.repeats,
         "min_rows": args.min_rows,
+        "fold_bn": args.fold_bn,
         "targets": TARGETS,
         "results": results,
     }

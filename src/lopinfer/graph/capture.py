@@ -114,13 +114,16 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def capture(model: nn.Module, example_inputs: Any, *, name: str | None = None) -> Graph:
+def capture(model: nn.Module, example_inputs: Any, *, name: str | None = None,
+            fold_bn: bool = False) -> Graph:
     """Capture ``model`` on ``example_inputs`` and analyse the locality of every node.
 
     Args:
         model: an ``nn.Module`` in eval mode.
         example_inputs: a tensor or a tuple of tensors with the shapes of later calls.
         name: a name for the graph (defaults to the model's class name).
+        fold_bn: fold inference batch norms into the convolutions before them (fewer
+            kernel calls per tile; the result moves by float rounding only).
 
     Raises:
         CaptureError: not a module, training mode, or ``torch.export`` failed (the
@@ -159,6 +162,10 @@ def capture(model: nn.Module, example_inputs: Any, *, name: str | None = None) -
         except Exception as exc:
             raise CaptureError(f"lowering to core ATen failed: {_first_line(exc)}") from exc
     graph = _to_ir(ep, name or type(model).__name__)
+    if fold_bn:
+        from .optimize import fold_batch_norm
+
+        fold_batch_norm(graph)
     analyse(graph)
     return graph
 
