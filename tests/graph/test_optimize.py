@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_exact, reference
-from nets import REFERENCE_NETS
 
 import lopinfer
+from helpers import assert_exact, reference
 from lopinfer.runtime import TiledExecutor
+from nets import REFERENCE_NETS
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_NETS))
