@@ -244,3 +244,21 @@ def test_healthz_and_metrics_on_the_ws_listener():
             assert "lopinfer_received_bytes_total" in text
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_server_is_exact():
+    model, x = REFERENCE_NETS["unet"]()
+    ref = reference(model, x)
+
+    async def main():
+        async with Server(device="cuda") as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            async with connect(url) as client:
+                session = await client.deploy(model, (x,))
+                for plan in plans_for(session.graph):
+                    await session.use_plan(plan)
+                    assert_exact(await session.infer(x), ref)
+                    assert not session.last_report.fell_back
+
+    asyncio.run(main())

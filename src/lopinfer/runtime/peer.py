@@ -40,11 +40,12 @@ class PeerRun:
     """The tasks of ``peer`` for one inference and their state."""
 
     def __init__(self, program: Program, peer: str, *, on_send: SendFn,
-                 on_done: Callable[[PeerRun], None], inputs: tuple[torch.Tensor, ...] = (),
-                 device: torch.device | None = None) -> None:
+                 on_done: Callable[[PeerRun], object], inputs: tuple[torch.Tensor, ...] = (),
+                 copier: Any = None) -> None:
         self.program, self.peer = program, peer
         self.on_send, self.on_done = on_send, on_done
-        self.device = device
+        self.copier = copier  # a cuda.DeviceCopier on a GPU server, else None
+        self.events: dict[int, Any] = {}  # received tiles still being copied to the GPU
         tasks = program.tasks
         mine = [t for t in tasks if t.peer == peer]
         self.todo = {t.id for t in mine}
@@ -100,8 +101,14 @@ class PeerRun:
     def run_task(self, t: Task) -> None:
         """Execute ``t`` (worker thread) and complete it."""
         start = time.perf_counter()
+        if self.events:
+            for d in t.deps:
+                ev = self.events.pop(d, None)
+                if ev is not None:
+                    self.copier.wait(ev, self.store[d])
         with torch.inference_mode():
             xs = [r(self.store) for r in t.readers]
+            assert t.fn is not None  # run programs are compiled with kernels bound
             out = t.fn(*xs)
         self.spans.append((t.kind, t.id, start, time.perf_counter()))
         self._complete(t.id, out)
@@ -123,8 +130,9 @@ class PeerRun:
         if list(tensor.shape) != want or tensor.dtype != self.program.graph.meta(t.value).dtype:
             raise ProtocolError(f"tensor {tid}: {tensor.dtype}{list(tensor.shape)} where "
                                 f"{want} was expected")
-        if self.device is not None and tensor.device != self.device:
-            tensor = tensor.to(self.device, non_blocking=True)
+        if self.copier is not None:
+            tensor, event = self.copier.to_device(tensor)
+            self.events[tid] = event
         self._complete(tid, tensor)
         if self.worker is not None:
             self.worker.wake(self)
@@ -150,6 +158,8 @@ class PeerRun:
             if done:
                 self.finished = True
         for r, piece in pieces:
+            if self.copier is not None and piece.is_cuda:
+                piece = self.copier.to_host(piece)
             self.on_send(r, piece)
         if done:
             self.on_done(self)

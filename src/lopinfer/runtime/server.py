@@ -81,6 +81,11 @@ class Server:
         self.hello_timeout = hello_timeout
         self.deployments: OrderedDict[str, Graph] = OrderedDict(models or {})
         self.worker = DeviceWorker(f"lopinfer-{self.device.type}")
+        self.copier = None
+        if self.device.type == "cuda":
+            from .cuda import DeviceCopier
+
+            self.copier = DeviceCopier(self.device)
         self.stats = ServerStats()
         self.listeners: list[Any] = []
         self._ids = itertools.count(1)
@@ -197,6 +202,7 @@ class _Session:
 
     async def _on_message(self, msg: Any) -> None:
         srv = self.server
+        program: Program | None
         if isinstance(msg, Deploy):
             await self._deploy(msg)
         elif isinstance(msg, UsePlan):
@@ -218,9 +224,10 @@ class _Session:
             iid = msg.inference_id
             self.started[iid] = time.perf_counter()
             run = PeerRun(program, "server", on_send=self._sender(iid),
-                          on_done=lambda r, iid=iid: self.loop.call_soon_threadsafe(
+                          # mypy cannot type a lambda with a default (capture) parameter
+                          on_done=lambda r, iid=iid: self.loop.call_soon_threadsafe(  # type: ignore[misc]
                               self._finished, iid, r),
-                          device=srv.device if srv.device.type != "cpu" else None)
+                          copier=srv.copier)
             self.runs[iid] = run
             if not run.finished:
                 srv.worker.add(run)
