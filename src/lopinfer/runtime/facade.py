@@ -68,6 +68,7 @@ class LOPInfer:
                 raise InputError("an offloaded model takes positional tensors only")
             if self.session is None:
                 self._deploy(args)
+            assert self.session is not None  # _deploy opened it (or raised)
             return self._call(self.session.infer(*args))
 
         model.forward = forward  # type: ignore[method-assign]
@@ -100,6 +101,8 @@ class LOPInfer:
             self._call(self.client.aclose())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
 
     def __enter__(self) -> LOPInfer:
         return self
