@@ -325,7 +325,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     cm = CostModel(client, server, link, Link(bw, args.rtt / 2000))
     obj = Objective(args.objective, None, DEVICE_PROFILES[args.device_profile])
     res = plan_all(graph, cm, obj)
-    rows = [{"planner": k, "plan": v.plan.name, "latency_ms": 1e3 * v.latency_s,
+    rows: list[dict[str, Any]] = [{"planner": k, "plan": v.plan.name, "latency_ms": 1e3 * v.latency_s,
              "energy_mj": 1e3 * v.energy_j, "bound_ms": 1e3 * v.bound_s,
              "bytes_up": v.prediction.bytes_up, "bytes_down": v.prediction.bytes_down}
             for k, v in res.items()]

@@ -25,7 +25,7 @@ class DemoCNN(nn.Module):
 
     def __init__(self, classes: int = 100) -> None:
         super().__init__()
-        cfg = [32, 32, "M", 64, 64, "M", 128, 128, "M", 256, 256, "M"]
+        cfg: list[int | str] = [32, 32, "M", 64, 64, "M", 128, 128, "M", 256, 256, "M"]
         layers: list[nn.Module] = []
         c = 3
         for v in cfg:
@@ -89,8 +89,10 @@ async def run_demo(*, transport: str = "tcp", repeats: int = 3, tiles: int = 4,
             for _ in range(repeats):
                 out = await session.infer(x)
                 report = session.last_report
+                assert report is not None  # infer() always sets it
                 lat.append(report.latency_s)
                 exact &= compare(plan.name, out, ref).exact and not report.fell_back
+            assert report is not None  # repeats >= 1
             rows.append({
                 "plan": plan.name, "kind": plan.kind,
                 "latency_ms": 1000 * statistics.median(lat),

@@ -214,7 +214,9 @@ class LoopbackChecks:
         return self._call(once())
 
     def runners(self) -> list[Runner]:
-        return [(f"plan:{k}", lambda g, x, k=k: self.run(k, g, x)) for k in self.KINDS]
+        # mypy cannot type a lambda with a default (capture) parameter
+        return [(f"plan:{k}", lambda g, x, k=k: self.run(k, g, x))  # type: ignore[misc]
+                for k in self.KINDS]
 
     def close(self) -> None:
         if self._cm is not None:

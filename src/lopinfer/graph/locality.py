@@ -212,6 +212,7 @@ class Window(Locality):
         if top == 0 and bottom == 0:
             return call
         dim, value = self.deps[0].dim, self.pad_value
+        assert dim is not None  # a window reads its first dep in rows
         if value == "lowest":
             value = lowest(self.node.meta.dtype)
         return _with_pre(call, slots[self.deps[0].ref],
@@ -224,6 +225,9 @@ class ConvWindow(Window):
     reorders it on each call, a cost that would otherwise be paid once per tile."""
 
     rule = "window(conv)"
+    # set by convolution() / on first pack; read with getattr (absent until set)
+    in_shape: tuple[int, ...]
+    _packs: tuple[torch.Tensor, dict[int, Any]]
 
     def make(self, a: int, b: int, slots: Mapping[str, int], static: Mapping[str, Any]) -> Kernel:
         c, e, top, bottom = self.rows(a, b)
@@ -233,6 +237,7 @@ class ConvWindow(Window):
         if top == 0 and bottom == 0:
             return call
         dim = self.deps[0].dim
+        assert dim is not None  # a window reads its first dep in rows
         return lambda x: call(pad_rows(x, dim, top, bottom, 0.0))
 
     def _packed(self, static: Mapping[str, Any], rows: int) -> Kernel | None:
@@ -251,7 +256,7 @@ class ConvWindow(Window):
         stride, pad, dil = (_expand(args[i], n) for i in (3, 4, 5))
         groups = args[8]
         in_shape[self.dim] = rows
-        packs = getattr(self, "_packs", None)
+        packs: tuple[torch.Tensor, dict[int, Any]] | None = getattr(self, "_packs", None)
         if packs is None or packs[0] is not w:
             self._packs = packs = (w, {})
         packed = packs[1].get(rows)
@@ -673,7 +678,7 @@ class Along(Locality):
         self.pieces = pieces
         self.piece_len = lengths
 
-    def _spans(self, a: int, b: int) -> list[tuple[int, int] | None]:
+    def _spans(self, a: int, b: int) -> list[tuple[int, int]]:
         out = []
         for (off, start, step), length in zip(self.pieces, self.piece_len):
             lo, hi = max(a, off), min(b, off + length)

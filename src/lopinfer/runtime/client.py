@@ -72,6 +72,8 @@ def connect(url: str, *, token: str = "", timeout: float = 10.0, peer_timeout: f
 class Client:
     """A session with one server (see :func:`connect`)."""
 
+    server_process: Any  # the server's child process, set only by runtime.loopback.loopback()
+
     def __init__(self, url: str, *, token: str = "", timeout: float = 10.0,
                  peer_timeout: float = 30.0, name: str = "lopinfer-client", **options: Any) -> None:
         self.url, self.token, self.timeout, self.peer_timeout = url, token, timeout, peer_timeout
@@ -367,6 +369,7 @@ class Session:
             # wait in the outbox until Infer is sent
             pending.run = PeerRun(program, "client", on_send=on_send, on_done=on_done,
                                   inputs=inputs)
+            assert client.conn is not None  # infer() checked `connected`, no await since
             await client.conn.send_message(Infer(inference_id=iid, plan_id=self.plan_id))
             sender = asyncio.create_task(self._send_loop(iid, outbox, pending))
             if not pending.run.finished:
@@ -409,6 +412,7 @@ class Session:
         try:
             while True:
                 task, piece = await outbox.get()
+                assert conn is not None
                 await conn.send_tensor(Frame(
                     tensor=piece, kind=FRAME_TILE, inference_id=iid, tensor_id=task.id,
                     dim=-1 if task.dim is None else task.dim,

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ..errors import InputError
 from ..graph import Graph
+from ..graph._kernel import Kernel
 from ..scheduler.builders import TileSpec, local_plan, partition
 from ..scheduler.plan import Plan
 from .program import Program, Task, compile_plan
@@ -75,8 +76,9 @@ class TiledExecutor:
         self.tasks = self.program.tasks
         frees = self.program.frees
         skip = set(self.program.inputs)
+        # compile_plan (bind=True) gives every task but the inputs (skipped) a kernel
         self._steps = [
-            (tid, self.tasks[tid].fn, tuple(self.tasks[tid].readers), tuple(frees.get(tid, ())))
+            (tid, cast(Kernel, self.tasks[tid].fn), tuple(self.tasks[tid].readers), tuple(frees.get(tid, ())))
             for tid in self.program.order
             if tid not in skip
         ]

@@ -40,6 +40,7 @@ async def start_server_process(transport: str = "tcp", *, token_file: str | None
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.DEVNULL)
     try:
+        assert proc.stdout is not None  # stdout=PIPE
         while True:
             line = await asyncio.wait_for(proc.stdout.readline(), timeout)
             if not line:

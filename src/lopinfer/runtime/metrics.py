@@ -54,6 +54,7 @@ def metrics_text(server: Server) -> bytes:
             yield CounterMetricFamily("lopinfer_sent_bytes", "Tile bytes sent", s.bytes_out)
             yield GaugeMetricFamily("lopinfer_worker_busy_seconds", "Device worker busy time",
                                     server.worker.busy_s)
+            total: float
             counts, total = [], 0
             for b in LATENCY_BUCKETS:
                 counts.append((str(b), sum(1 for v in s.latencies if v <= b)))

@@ -31,7 +31,8 @@ from ..scheduler.plan import PEERS, WHOLE, Plan
 
 __all__ = ["Task", "Program", "compile_plan"]
 
-Reader = Callable[[list], torch.Tensor]
+Store = list[Any] | dict[int, Any]  # task outputs by task id: a list (executor), a dict (peer)
+Reader = Callable[[Store], torch.Tensor]
 Piece = tuple[int, int, int, int, int]  # task id, chunk rows [a, b), rows used [s, e)
 _RESHAPE = torch.ops.aten.reshape.default
 
@@ -184,6 +185,7 @@ class _Compiler:
 
     def compile_task(self, node: Node, pos: int, peer: str, a: int, b: int) -> None:
         loc = node.locality
+        needs: list[tuple[str, int | None, tuple[int, int] | None]]
         if loc is None:
             task = self.new(peer, node.name, 0, 0, None, "whole", pos)
             needs = [(r, None, None) for r in dict.fromkeys(node.refs())]
@@ -277,6 +279,7 @@ class _Compiler:
         """recv tasks on ``peer`` for rows [c, e) of ``ref``, one per source chunk."""
         src = self.other(peer)
         dim = self.dim_of(ref)
+        assert dim is not None  # reached only through cover(), for values tiled along a dim
         ch = self.ch(peer, ref)
         if ref in self.g.inputs:
             if src != "client":
@@ -448,7 +451,7 @@ def _join(pieces: list[Piece], dim: int) -> Reader:
         return _take(tid) if (s, e) == (a, b) else _narrow(tid, dim, s - a, e - s)
     parts = [(tid, s - a, e - s) for tid, a, _, s, e in pieces]
 
-    def read(store: list) -> Any:
+    def read(store: Store) -> Any:
         return torch.cat([store[tid].narrow(dim, off, n) for tid, off, n in parts], dim)
 
     return read

@@ -8,11 +8,11 @@ tile height), relative tile sizes, explicit edges per node, or a function of the
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Union
+from typing import Union, cast
 
 from ..errors import PlanError
 from ..graph import Graph, Node
-from ..graph.locality import default_dim
+from ..graph.locality import Locality, default_dim
 from .plan import WHOLE, NodeRows, Plan
 
 __all__ = [
@@ -56,6 +56,7 @@ def _edges(node: Node, lo: int, hi: int, spec: TileSpec, min_rows: int) -> list[
     if callable(spec):
         edges = list(spec(node))
     elif isinstance(spec, Mapping):
+        assert node.locality is not None  # node_tiles asks only for local nodes
         edges = list(spec[node.name]) if node.name in spec else [0, node.locality.size]
     else:
         edges = [lo + e for e in partition(hi - lo, spec, min_rows)]  # type: ignore[arg-type]
@@ -134,11 +135,13 @@ def split_plan(graph: Graph, fraction: float, start: int, stop: int, tiles: Tile
     glob = [n.name for n in seg if n.locality is None]
     if glob:
         raise PlanError(f"split segment [{start}, {stop}) holds global node {glob[0]}")
-    cut = {n.name: round(fraction * n.locality.size) for n in seg}
+    # every node of the segment is local (checked above)
+    cut = {n.name: round(fraction * cast(Locality, n.locality).size) for n in seg}
     server_lo = dict(cut)
     if halo == "recompute":
         in_seg = {n.name for n in seg}
         for node in reversed(seg):
+            assert node.locality is not None
             lo, hi = server_lo[node.name], node.locality.size
             if lo >= hi:
                 continue
@@ -153,6 +156,7 @@ def split_plan(graph: Graph, fraction: float, start: int, stop: int, tiles: Tile
         elif i >= stop:
             nodes[n.name] = NodeRows(**{after: t})
         else:
+            assert n.locality is not None
             size = n.locality.size
             nodes[n.name] = NodeRows(
                 client=node_tiles(n, tiles, min_rows, (0, cut[n.name])),

@@ -184,6 +184,7 @@ def plan_lopinfer(graph: Graph, cost: CostModel, objective: Objective,
     n = len(graph)
     best_k = min(pool, key=key).plan.info.get("k") if pool else None
     cuts = sorted(set(range(0, n + 1, max(1, n // 24))) | ({best_k} if best_k is not None else set()))
+    tiles: int | str  # a tile count, then the tile suffix of the best cut's name
     for tiles in (2, 4, 8):
         consider(offload_plan(graph, tiles, min_rows=2))
         for k in cuts:
