@@ -409,10 +409,12 @@ class Session:
 
     async def _send_loop(self, iid: int, outbox: asyncio.Queue, pending: _Pending) -> None:
         conn = self.client.conn
+        if conn is None:  # lost between Infer and the first tile
+            pending.link_lost("the connection to the server was lost")
+            return
         try:
             while True:
                 task, piece = await outbox.get()
-                assert conn is not None
                 await conn.send_tensor(Frame(
                     tensor=piece, kind=FRAME_TILE, inference_id=iid, tensor_id=task.id,
                     dim=-1 if task.dim is None else task.dim,
