@@ -258,26 +258,16 @@ def _run_verify(args: argparse.Namespace) -> int:
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", action="append", default=[], metavar="URL",
-                   help="tcp://0.0.0.0:7700, ws://0.0.0.0:7701/lopinfer, shm://name (repeatable)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--token-file", help="file holding the token clients must present")
-    p.add_argument("--models", help="folder of pre-deployed models (NAME.json + NAME.safetensors)")
-    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work may finish")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    from .runtime.serve import add_arguments
+
+    add_arguments(p)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .runtime.serve import main as serve_main
+    from .runtime.serve import run_args
 
-    argv = [a for url in args.listen for a in ("--listen", url)]
-    argv += ["--device", args.device, "--grace", str(args.grace), "--threads", str(args.threads)]
-    if args.token_file:
-        argv += ["--token-file", args.token_file]
-    if args.models:
-        argv += ["--models", args.models]
     sys.stderr = sys.__stderr__  # the server logs for as long as it runs
-    return serve_main(argv)
+    return run_args(args)
 
 
 def parse_rate(text: str) -> float:

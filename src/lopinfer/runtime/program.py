@@ -87,14 +87,15 @@ class Program:
         """Bytes each direction carries (up: client -> server)."""
         out = {"up": 0, "down": 0}
         for t in self.transfers:
-            out["up" if t.peer == "server" else "down"] += _nbytes(self.graph, t)
+            out["up" if t.peer == "server" else "down"] += piece_bytes(self.graph, t)
         return out
 
     def peer_tasks(self, peer: str) -> list[Task]:
         return [t for t in self.tasks if t.peer == peer]
 
 
-def _nbytes(graph: Graph, t: Task) -> int:
+def piece_bytes(graph: Graph, t: Task) -> int:
+    """Bytes of the rows a task holds (the whole value when it is not in rows)."""
     meta = graph.meta(t.value)
     if t.dim is None:
         return meta.nbytes
@@ -457,4 +458,4 @@ def _join(pieces: list[Piece], dim: int) -> Reader:
     return read
 
 
-__all__ += ["lifetimes", "WHOLE"]
+__all__ += ["lifetimes", "piece_bytes", "WHOLE"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import LopInferError
 from .server import Server
 
-__all__ = ["serve", "main", "load_models", "save_model"]
+__all__ = ["serve", "main", "add_arguments", "run_args", "load_models", "save_model"]
 
 log = logging.getLogger("lopinfer.server")
 
@@ -74,8 +74,8 @@ async def serve(urls: list[str], *, device: str = "cpu", token: str | None = Non
         await server.aclose(timeout=grace)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lopinfer serve", description="Serve LOPInfer sessions.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``serve`` options (shared by ``lopinfer serve`` and ``python -m``)."""
     p.add_argument("--listen", action="append", default=[], metavar="URL",
                    help="tcp://0.0.0.0:7700, ws://0.0.0.0:7701/lopinfer, shm://name (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", help="folder of pre-deployed models (NAME.json + NAME.safetensors)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work may finish")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = p.parse_args(argv)
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Serve with parsed ``serve`` options until stopped; the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         import torch
@@ -102,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lopinfer serve", description="Serve LOPInfer sessions.")
+    add_arguments(p)
+    return run_args(p.parse_args(argv))
 
 
 if __name__ == "__main__":

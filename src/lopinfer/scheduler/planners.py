@@ -45,9 +45,8 @@ class Scored:
 def evaluate(graph: Graph, plan: Plan, cost: CostModel, objective: Objective) -> Scored:
     prog = compile_plan(graph, plan, bind=False)
     pred = simulate(prog, cost)
-    up_s = sum(cost.up.frame_time(0) for _ in range(pred.frames_up)) + pred.bytes_up / cost.up.bandwidth
-    down_s = (sum(cost.down.frame_time(0) for _ in range(pred.frames_down))
-              + pred.bytes_down / cost.down.bandwidth)
+    up_s = pred.frames_up * cost.up.frame_overhead + pred.bytes_up / cost.up.bandwidth
+    down_s = pred.frames_down * cost.down.frame_overhead + pred.bytes_down / cost.down.bandwidth
     energy = device_energy(pred.latency_s, pred.client_busy_s, up_s, down_s, objective.profile)
     return Scored(plan, pred, energy, lower_bound(prog, cost))
 

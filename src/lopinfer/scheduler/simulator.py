@@ -16,7 +16,7 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..runtime.program import Program, Task
+from ..runtime.program import Program, Task, piece_bytes
 from .cost import CostModel
 
 __all__ = ["Prediction", "simulate", "lower_bound"]
@@ -34,13 +34,6 @@ class Prediction:
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _bytes(prog: Program, t: Task) -> int:
-    meta = prog.graph.meta(t.value)
-    if t.dim is None:
-        return meta.nbytes
-    return meta.nbytes // max(meta.shape[t.dim], 1) * (t.b - t.a)
-
-
 def task_cost(prog: Program, t: Task, cost: CostModel) -> float:
     peer = cost.peer(t.peer)
     if t.kind == "tile":
@@ -48,7 +41,7 @@ def task_cost(prog: Program, t: Task, cost: CostModel) -> float:
     if t.kind == "whole":
         return peer.task(t.value, 1)
     if t.kind == "gather":
-        return peer.copy_per_byte * _bytes(prog, t)
+        return peer.copy_per_byte * piece_bytes(prog.graph, t)
     return 0.0
 
 
@@ -92,7 +85,7 @@ def simulate(prog: Program, cost: CostModel, *, timeline: bool = False) -> Predi
                 push_ready(tasks[u])
         for r in sends.get(tid, ()):
             link = cost.link_to(r.peer)
-            n = _bytes(prog, r)
+            n = piece_bytes(prog.graph, r)
             start = max(now, link_free[r.peer])
             end = start + link.frame_time(n)
             link_free[r.peer] = end
@@ -156,5 +149,5 @@ def lower_bound(prog: Program, cost: CostModel) -> float:
                 busy[t.peer] += c.per_row * ((t.b - t.a) if t.kind == "tile" else 1)
         elif t.kind == "recv":
             link = cost.link_to(t.peer)
-            busy["up" if t.peer == "server" else "down"] += _bytes(prog, t) / link.bandwidth
+            busy["up" if t.peer == "server" else "down"] += piece_bytes(prog.graph, t) / link.bandwidth
     return max(busy.values())
