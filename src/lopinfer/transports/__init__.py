@@ -63,6 +63,7 @@ from ._messages import (
     register_message,
 )
 from ._options import Options
+from ._shaped import LinkShape
 from ._registry import SCHEMES, connect, event_loop_factory, listen, run
 from ._stats import ConnectionStatistics, LinkObserver, TransferRecord
 
@@ -88,6 +89,7 @@ __all__ = [
     "Options",
     "PlanMsg",
     "TransferRecord",
+    "LinkShape",
     "Welcome",
     "connect",
     "decode_frame",

@@ -54,6 +54,9 @@ class Options:
         shutdown_timeout: a closing listener lets handlers finish this long, then cancels.
         http_routes: extra ``(method, path, aiohttp handler)`` served beside a ``ws://``
             listener's endpoint (the server's ``/healthz`` and ``/metrics``).
+        link_shape: a :class:`~lopinfer.transports.LinkShape` that paces this
+            connection's sends and receipts (a user-space shaped link, for benchmarks
+            where kernel shaping is not available; client side only).
     """
 
     connect_timeout: float | None = 10.0
@@ -82,6 +85,7 @@ class Options:
     max_connections: int = 256
     shutdown_timeout: float = 5.0
     http_routes: tuple = ()
+    link_shape: Any = None
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSION_MODES:
@@ -96,6 +100,11 @@ class Options:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise InputError(f"{name} must be > 0 or None, got {v!r}")
+        if self.link_shape is not None:
+            from ._shaped import LinkShape
+
+            if not isinstance(self.link_shape, LinkShape):
+                raise InputError(f"link_shape must be a LinkShape, got {type(self.link_shape).__name__}")
         object.__setattr__(
             self, "limits", Limits(self.max_frame_size, self.max_message_size, self.max_ndim)
         )

@@ -66,6 +66,10 @@ async def connect(url: str, *, timeout: float | None = _DEFAULT, **options: Any)
     opts = Options.from_kwargs(**options)
     backend, parts = _backend(url)
     stream = await backend.open_stream(parts, opts)
+    if opts.link_shape is not None:
+        from ._shaped import ShapedStream
+
+        stream = ShapedStream(stream, opts.link_shape)
     return Connection(stream, opts, f"{parts.scheme}://{stream.remote_address or parts.netloc}")
 
 
