@@ -127,9 +127,8 @@ def available() -> tuple[bool, str]:
     except EdgeLabError as exc:
         return False, f"edgelab: cannot create network namespaces ({exc})"
     try:
-        ns = ["ip", "netns", "exec", probe]
-        _run([*ns, "ip", "link", "add", "pa", "type", "veth", "peer", "name", "pb"])
-        _run([*ns, "tc", "qdisc", "add", "dev", "pa", "root", "tbf", "rate", "1mbit",
+        _run(["ip", "-n", probe, "link", "add", "pa", "type", "veth", "peer", "name", "pb"])
+        _run(["tc", "-n", probe, "qdisc", "add", "dev", "pa", "root", "tbf", "rate", "1mbit",
               "burst", "3000", "latency", "50ms"])
     except EdgeLabError as exc:
         return False, f"edgelab: veth/tbf unavailable ({exc})"
@@ -410,7 +409,7 @@ class EdgeLab:
         # the retransmission stalls are not what a WiFi AP's deep buffer does.
         burst = max(2 * (MTU + 14), int(wire * 0.005))
         limit = max(2 * burst, int(wire * self.queue_s), _MIN_LIMIT)
-        _run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+        _run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf",
               "rate", f"{wire}bps", "burst", str(burst), "limit", str(limit)])
 
     def set_rate(self, up: float | None = None, down: float | None = None) -> None:
