@@ -117,16 +117,20 @@ def test_three_line_facade():
         with torch.no_grad():
             y = model(x)
         assert_exact(y, ref)
-        assert lop.last_report is not None and not lop.last_report.fell_back
-        assert lop.last_report.plan.startswith("offload")
+        report = lop.last_report
+        assert report is not None and not report.fell_back
+        # the planner chose it, from costs measured on both peers and a probed link
+        assert report.plan_reason.startswith("lopinfer plan for") and report.predicted_s > 0
+        assert report.bandwidth_up > 0 and report.bandwidth_down > 0
         lop.close()
         # the model is plain again
         assert "forward" not in model.__dict__
-        # without example=: the first call captures and deploys
+        # without example=: the first call captures and deploys (a given plan here)
         lop = LOPInfer(url=url)
-        lop.start_client(model=model)
+        lop.start_client(model=model, plan=lambda graph: offload_plan(graph, 2))
         assert_exact(model(x), ref)
         assert lop.session is not None and lop.session.remote
+        assert lop.last_report.plan == "offload/t2"
         lop.close()
     finally:
         proc.send_signal(signal.SIGTERM)  # graceful shutdown

@@ -47,6 +47,7 @@ def test_fit_line_recovers_fixed_and_per_row():
 
 def test_profile_predicts_the_measured_local_time(tmp_path, monkeypatch):
     monkeypatch.setenv("LOPINFER_CACHE", str(tmp_path))
+    monkeypatch.setattr("lopinfer.scheduler.profiler._MEMO", {})  # measured afresh here
     model, x = REFERENCE_NETS["vgg"]()
     g = lopinfer.capture(model, (x,))
     costs = profile(g, (x,), repeats=2)

@@ -14,11 +14,13 @@ a link or server lost mid-inference makes the client finish it locally
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
+import threading
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +35,9 @@ from ..errors import (
 )
 from ..graph import Graph, capture
 from ..scheduler.builders import local_plan, offload_plan
+from ..scheduler.cost import CostModel, Link, PeerCosts
+from ..scheduler.energy import DEVICE_PROFILES, DeviceProfile, Objective, device_energy
+from ..scheduler.link import LinkEstimator, transfer_samples
 from ..scheduler.plan import Plan
 from ..transports import (
     Bye,
@@ -49,6 +54,9 @@ from .executor import TiledExecutor, check_inputs, pack_outputs
 from .peer import DeviceWorker, PeerRun
 from .program import Program, Task, compile_plan
 from .protocol import FRAME_TILE, Done, Infer, InferFailed, PlanReady, Report, UsePlan
+
+if TYPE_CHECKING:  # the planners import the runtime's program compiler: no cycle at runtime
+    from ..scheduler.adapt import Choice, PlanBook
 
 __all__ = ["Client", "Session", "connect"]
 
@@ -89,6 +97,12 @@ class Client:
         self._next_try = 0.0
         self._warned = False
         self.sessions: list[Session] = []
+        # received frames (bounded), the passive down-link samples
+        self.received: collections.deque[Any] = collections.deque(maxlen=4096)
+
+    def _observe(self, record: Any) -> None:
+        if record.direction == "recv":
+            self.received.append(record)
 
     # -- connection -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -109,6 +123,7 @@ class Client:
             conn.abort()
             raise ProtocolError(f"expected welcome, got {type(reply).__name__}")
         self.conn, self.welcome = conn, reply
+        conn.add_observer(self._observe)
         self._replies = asyncio.Queue()
         self._reader = asyncio.create_task(self._read_loop(conn))
         self._backoff = 0.5
@@ -145,16 +160,22 @@ class Client:
             pending.link_lost("the connection to the server was lost")
         self._replies.put_nowait(None)
 
-    async def _request(self, msg: Any, want: type) -> Any:
+    async def _request(self, msg: Any, want: type, *, timeout: float | None = None) -> Any:
         if self.conn is None:
             raise ConnectError(f"not connected to {self.url}")
         await self.conn.send_message(msg, timeout=self.timeout)
-        reply = await asyncio.wait_for(self._replies.get(), self.timeout * 6)
+        try:
+            reply = await asyncio.wait_for(self._replies.get(), timeout or self.timeout * 6)
+        except asyncio.TimeoutError:
+            raise ConnectError(f"no reply to {type(msg).__name__} from {self.url} "
+                               f"within {timeout or self.timeout * 6:g} s") from None
         if reply is None:
             raise ConnectError(f"connection to {self.url} lost")
         if isinstance(reply, Error):
             if reply.code == "plan":
                 raise PlanError(f"server rejected the plan: {reply.message}")
+            if reply.code == "profile":
+                raise RemoteError(f"server could not profile the model: {reply.message}")
             raise RemoteError(f"{reply.code}: {reply.message}")
         if not isinstance(reply, want):
             raise ProtocolError(f"expected {want.__name__}, got {type(reply).__name__}")
@@ -177,26 +198,54 @@ class Client:
             return False
 
     # -- deploy ---------------------------------------------------------------------------
-    async def deploy(self, model: Any, example_inputs: Any, *, objective: str = "latency",
-                     plan: Plan | None = None, tiles: int = 4) -> Session:
-        """Capture ``model``, upload it unless the server has it, choose a plan.
+    async def deploy(self, model: Any, example_inputs: Any, *,
+                     objective: str | Objective = "latency", planner: str = "lopinfer",
+                     plan: Plan | None = None, deadline_s: float | None = None,
+                     device_profile: str | DeviceProfile | None = None,
+                     client_costs: PeerCosts | None = None, adapt: bool = True,
+                     grid: list[float] | None = None, progress: bool = False) -> Session:
+        """Capture ``model``, upload it unless the server has it, measure, plan.
 
-        Until the planner exists the default plan is the tiled offload (everything on
-        the server, the input streamed in ``tiles`` tiles); ``plan=`` passes any plan.
+        With ``planner`` (default ``"lopinfer"``; or ``local``, ``offload``,
+        ``neurosurgeon``, ``dads``) the client profiles itself, has the server profile
+        itself, probes the link, and plans for the measured bandwidth; plans for a grid
+        of bandwidths around it are computed in the background, and each inference
+        runs the plan for the current estimate (with hysteresis; ``adapt=False`` keeps
+        the first). ``plan=`` runs a given plan instead, unchanged.
+
+        Args:
+            objective: "latency", "energy", or an :class:`Objective`; with
+                ``deadline_s``, energy is minimised among plans meeting the deadline.
+            device_profile: the client's power model (a name in ``DEVICE_PROFILES``).
+            client_costs: the client's costs, when known (e.g. a throttled device's
+                profile scaled); otherwise measured here.
+            grid: the bandwidths (bytes/s) to plan for; default 16x either side of the
+                probe, a factor 2 apart.
+
         A server that cannot be reached gives a local session (warned once).
 
         Raises:
             CaptureError, InputError, UnsupportedModelError: the model cannot be used.
-            PlanError: ``plan`` is invalid for the model.
+            PlanError: ``plan`` is invalid for the model, or an unknown planner.
         """
+        from ..scheduler.planners import PLANNERS
+
+        obj = _objective(objective, deadline_s, device_profile)
+        if plan is None and planner not in PLANNERS and planner != "lopinfer":
+            raise PlanError(f"unknown planner {planner!r}; use one of "
+                            f"{sorted([*PLANNERS, 'lopinfer'])}")
         graph = model if isinstance(model, Graph) else await asyncio.to_thread(
             capture, model, example_inputs)
-        session = Session(self, graph, objective=objective)
-        session.default_plan = plan if plan is not None else offload_plan(graph, tiles)
+        session = Session(self, graph, objective=obj, planner=None if plan is not None else planner,
+                          adapt=adapt and plan is None)
+        session.default_plan = plan if plan is not None else offload_plan(graph, 4, min_rows=2)
         compile_plan(graph, session.default_plan)  # invalid plans fail here, named
         if await self.ensure_connected():
             try:
-                await session.upload()
+                await session.upload(use=plan is not None)
+                if plan is None:
+                    await session.measure_and_plan(client_costs=client_costs, grid=grid,
+                                                   progress=progress)
             except (TransportError, ConnectError) as exc:
                 self._warn(f"server {self.url} lost during deploy ({exc}); running locally")
         else:
@@ -211,6 +260,8 @@ class Client:
         log.warning(message)
 
     async def aclose(self) -> None:
+        for session in self.sessions:
+            session.close()
         if self._reader is not None:
             self._reader.cancel()
         if self.conn is not None:
@@ -246,6 +297,7 @@ class _Pending:
         self.frames_up = self.frames_down = 0
         self.server_spans: list[list[float]] = []
         self.server_busy = 0.0
+        self.up_samples: list[list[float]] = []
 
     def progress(self) -> None:
         self.last_progress = time.monotonic()
@@ -255,6 +307,7 @@ class _Pending:
         self.progress()
         if isinstance(msg, Done):
             self.server_spans, self.server_busy = msg.spans, msg.busy_s
+            self.up_samples = msg.up_samples
             if not self.server_done.done():
                 self.server_done.set_result(True)
         else:
@@ -269,21 +322,40 @@ class _Pending:
 
 
 class Session:
-    """A deployed model on a client: ``await session.infer(*inputs)``."""
+    """A deployed model on a client: ``await session.infer(*inputs)``.
 
-    def __init__(self, client: Client, graph: Graph, *, objective: str = "latency") -> None:
-        self.client, self.graph, self.objective = client, graph, objective
+    Attributes:
+        cost: the measured cost model (client and server costs, the link), or None.
+        book: the plans per bandwidth (a :class:`PlanBook`), or None with a fixed plan.
+        up, down: the link estimators (bytes/s), fed by every inference's transfers.
+        last_report: what the last inference did (:class:`Report`).
+    """
+
+    def __init__(self, client: Client, graph: Graph, *, objective: Objective | str = "latency",
+                 planner: str | None = None, adapt: bool = False) -> None:
+        self.client, self.graph = client, graph
+        self.objective = Objective.parse(objective)
+        self.planner, self.adapt = planner, adapt
         self.default_plan: Plan = local_plan(graph)
         self.plan: Plan | None = None
         self.program: Program | None = None
         self.remote = False
         self.last_report: Report | None = None
+        self.cost: CostModel | None = None
+        self.book: PlanBook | None = None
+        self.choice: Choice | None = None
+        self.up = LinkEstimator()
+        self.down = LinkEstimator()
+        self.reprobe_s = 5.0  # while a local plan runs, re-measure the link this often
+        self._last_link_sample = time.monotonic()
+        self._stop = threading.Event()
         self._plan_ids = itertools.count(1)
         self._local: TiledExecutor | None = None
         self._lock = asyncio.Lock()
 
-    async def upload(self) -> None:
-        """Deploy the graph (hash first, content only if needed) and the plan."""
+    async def upload(self, *, use: bool = True) -> None:
+        """Deploy the graph (hash first, content only if needed) and, with ``use``, the
+        current plan (or the default one)."""
         from ..graph.serialize import pack
 
         client = self.client
@@ -295,16 +367,79 @@ class Session:
                 raise
             await client._request(Deploy(graph_json=text, content_hash=digest, weights=weights),
                                   Deployed)
-        await self.use_plan(self.default_plan)
+        if use:
+            await self.use_plan(self.plan or self.default_plan, pin=False)
 
-    async def use_plan(self, plan: Plan) -> None:
-        """Make ``plan`` the one the next inferences run (compiled on both peers)."""
+    async def measure_and_plan(self, *, client_costs: PeerCosts | None = None,
+                               grid: list[float] | None = None, progress: bool = False) -> None:
+        """Profile both peers (in parallel) and probe the link, then plan (see deploy)."""
+        from ..scheduler.adapt import PlanBook
+        from ..scheduler.profiler import profile
+        from .measure import probe_link, server_costs
+
+        client = self.client
+        mine: Any = None
+        if client_costs is None:
+            mine = asyncio.wrap_future(client.worker.submit(
+                lambda: profile(self.graph, progress=progress, name="client")))
+        try:
+            theirs = await server_costs(client)
+        finally:
+            ccosts = client_costs if mine is None else await mine
+        probe = await probe_link(client)
+        self.up, self.down = LinkEstimator(probe.up), LinkEstimator(probe.down)
+        self._feed(probe.up_samples, probe.down_samples)  # the window outliers are judged by
+        self.up._bw, self.down._bw = probe.up, probe.down  # the probe's median, not its EWMA
+        self.up.observe_rtt(probe.rtt)
+        self.cost = CostModel(ccosts, theirs, Link(probe.up, probe.rtt / 2),
+                              Link(probe.down, probe.rtt / 2),
+                              info={"probe": repr(probe)})
+        assert self.planner is not None
+        methods = ("local", "offload", "neurosurgeon", "dads", "lopinfer") \
+            if self.planner == "lopinfer" else (self.planner,)
+        if "dads" in methods:
+            try:
+                import networkx  # noqa: F401
+            except ImportError:  # the bench extra brings it
+                methods = tuple(m for m in methods if m != "dads")
+        self.book = PlanBook(self.graph, self.cost, self.objective, methods, grid=grid)
+        if self.adapt:  # the whole grid now: planning later would steal the inferences' CPU
+            await asyncio.to_thread(self.book.fill, self._stop, progress)
+        await self._choose(force=True)
+
+    async def _choose(self, *, force: bool = False) -> None:
+        """Switch to the plan for the current bandwidth estimate (between inferences)."""
+        if self.book is None or self.planner is None or (not self.adapt and not force):
+            return
+        choice = await asyncio.to_thread(self.book.choose, self.planner, self.link_estimate())
+        self.choice = choice
+        if choice.scored.plan is not self.plan:
+            await self.use_plan(choice.scored.plan, pin=False)
+
+    def link_estimate(self) -> float:
+        """The up bandwidth the plans are chosen by: each direction's estimate relative
+        to the deploy-time probe, the worse of the two (a link degrades both ways)."""
+        assert self.cost is not None
+        probe_up, probe_down = self.cost.up.bandwidth, self.cost.down.bandwidth
+        f_up = (self.up.bandwidth or probe_up) / probe_up
+        f_down = (self.down.bandwidth or probe_down) / probe_down
+        return probe_up * min(f_up, f_down)
+
+    async def use_plan(self, plan: Plan, *, pin: bool = True) -> None:
+        """Make ``plan`` the one the next inferences run (compiled on both peers);
+        ``pin`` (the default for callers) also stops adapting to the bandwidth."""
         program = await asyncio.to_thread(compile_plan, self.graph, plan)
-        if plan.uses_server():
+        if pin:
+            self.adapt, self.choice = False, None
+        if plan.uses_server() and self.client.connected:
             pid = next(self._plan_ids)
             await self.client._request(UsePlan(plan_id=pid, plan_json=plan.to_json()), PlanReady)
             self.plan_id = pid
         self.plan, self.program, self.remote = plan, program, plan.uses_server()
+
+    def close(self) -> None:
+        """Stop background planning."""
+        self._stop.set()
 
     def _local_executor(self, fell_back: bool) -> TiledExecutor:
         plan = self.plan if self.plan is not None and not fell_back else None
@@ -320,19 +455,82 @@ class Session:
             InputError: the inputs do not match the captured ones.
         """
         check_inputs(self.graph, inputs)
-        async with self._lock:  # one inference at a time per session
+        async with self._lock:  # one inference at a time per session: plans switch between
             client = self.client
-            if self.plan is not None and not self.plan.uses_server():
+            if self.plan is not None and not self.plan.uses_server() and not self.adapt:
                 return await self._infer_local(inputs, fell_back=False)  # chosen, not a fallback
             if self.plan is None or not client.connected:
                 if await client.ensure_connected():
                     try:
                         await self.upload()
+                        if self.planner is not None and self.book is None:
+                            await self.measure_and_plan()
                     except (TransportError, ConnectError, RemoteError) as exc:
                         log.info("redeploy failed: %s", exc)
+            if self.adapt and client.connected:
+                try:
+                    await self._reprobe_if_stale()
+                    await self._choose()
+                except (TransportError, ConnectError, RemoteError) as exc:
+                    log.info("adapting the plan failed: %s", exc)
+            if self.plan is not None and not self.plan.uses_server():
+                return await self._infer_local(inputs, fell_back=False)
             if self.remote and client.connected and self.program is not None:
                 return await self._infer_remote(inputs)
             return await self._infer_local(inputs, fell_back=True, reason="server unavailable")
+
+    async def _reprobe_if_stale(self) -> None:
+        """A local plan moves no tiles, so nothing measures the link: probe it now and
+        then, so that a link that got better is noticed."""
+        if self.plan is None or self.plan.uses_server():
+            return
+        if time.monotonic() - self._last_link_sample < self.reprobe_s:
+            return
+        from .measure import probe_link
+
+        probe = await probe_link(self.client, max_seconds=0.5)
+        self._feed(probe.up_samples, probe.down_samples)
+        self._last_link_sample = time.monotonic()
+
+    def _feed(self, up: list, down: list) -> None:
+        """Passive samples from an inference's transfers into the estimators."""
+        took = [self.up.observe(int(n), float(t)) for n, t in up]
+        took += [self.down.observe(int(n), float(t)) for n, t in down]
+        if any(took):
+            self._last_link_sample = time.monotonic()
+
+    def _predicted(self, plan: Plan) -> tuple[float | None, float | None]:
+        """(predicted latency, pipeline bound) of ``plan`` at the current estimate."""
+        if self.choice is not None and self.choice.scored.plan is plan:
+            return self.choice.scored.latency_s, self.choice.scored.bound_s
+        if self.cost is None:
+            return None, None
+        from ..scheduler.planners import evaluate
+
+        cost = self.cost
+        if self.up.bandwidth and self.down.bandwidth:
+            cost = cost.with_bandwidth(self.up.bandwidth, self.down.bandwidth)
+        try:
+            s = evaluate(self.graph, plan, cost, self.objective)
+        except (PlanError, RuntimeError):
+            return None, None
+        return s.latency_s, s.bound_s
+
+    def _finish_report(self, report: Report, plan: Plan | None) -> Report:
+        """Prediction, bound, estimates, modelled device energy and why this plan."""
+        if plan is not None and not report.fell_back:
+            report.predicted_s, report.bound_s = self._predicted(plan)
+            report.plan_reason = (self.choice.reason if self.choice is not None
+                                  and self.choice.scored.plan is plan else
+                                  "a plan given by the caller" if self.planner is None else
+                                  "the deploy-time plan")
+        up, down = self.up.bandwidth, self.down.bandwidth
+        report.bandwidth_up, report.bandwidth_down = up, down
+        up_s = report.bytes_up / up if up else 0.0
+        down_s = report.bytes_down / down if down else 0.0
+        report.energy_j = device_energy(report.latency_s, report.client_busy_s, up_s, down_s,
+                                        self.objective.profile)
+        return report
 
     async def _infer_local(self, inputs: tuple[torch.Tensor, ...], *, fell_back: bool,
                            reason: str = "", t0: float | None = None) -> Any:
@@ -341,9 +539,10 @@ class Session:
         fut = self.client.worker.submit(lambda: ex(*inputs))
         out = await asyncio.wrap_future(fut)
         busy = time.perf_counter() - t0
-        self.last_report = Report(latency_s=time.perf_counter() - t0, plan=ex.plan.name,
-                                  fell_back=fell_back, reason=reason if fell_back else "",
-                                  client_busy_s=busy)
+        self.last_report = self._finish_report(Report(
+            latency_s=time.perf_counter() - t0, plan=ex.plan.name, fell_back=fell_back,
+            reason=reason if fell_back else "", client_busy_s=busy),
+            None if fell_back else self.plan)
         return out
 
     async def _infer_remote(self, inputs: tuple[torch.Tensor, ...]) -> Any:
@@ -362,6 +561,7 @@ class Session:
             loop.call_soon_threadsafe(_set, pending.client_done, run.error is None)
 
         t0 = time.perf_counter()
+        t0_ns = time.perf_counter_ns()
         client._runs[iid] = pending
         sender = None
         try:
@@ -390,7 +590,9 @@ class Session:
             return await self._infer_local(inputs, fell_back=True, reason=reason, t0=t0)
         latency = time.perf_counter() - t0
         outs = pack_outputs(self.graph, pending.run.outputs())
-        self.last_report = self._report(program, pending, t0, latency)
+        self._feed(pending.up_samples, transfer_samples(list(client.received), since_ns=t0_ns))
+        self.last_report = self._finish_report(self._report(program, pending, t0, latency),
+                                               self.plan)
         return outs
 
     async def _wait(self, pending: _Pending) -> bool:
@@ -444,3 +646,18 @@ class Session:
 def _set(fut: asyncio.Future, value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+def _objective(objective: str | Objective, deadline_s: float | None,
+               device_profile: str | DeviceProfile | None) -> Objective:
+    """An Objective from deploy()'s arguments (energy under a deadline when given one)."""
+    if isinstance(device_profile, str):
+        if device_profile not in DEVICE_PROFILES:
+            raise LopInferError(f"unknown device profile {device_profile!r}; known: "
+                                f"{sorted(DEVICE_PROFILES)}")
+        device_profile = DEVICE_PROFILES[device_profile]
+    obj = Objective.parse(objective, device_profile)
+    if deadline_s is not None or (device_profile is not None and isinstance(objective, str)):
+        obj = Objective(obj.kind, deadline_s if deadline_s is not None else obj.deadline_s,
+                        device_profile or obj.profile)
+    return obj

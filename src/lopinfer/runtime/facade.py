@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import InputError
-from ..graph import capture
+from ..graph import Graph, capture
 from ..scheduler.plan import Plan
 from .client import Client, Session
 
@@ -56,10 +57,17 @@ class LOPInfer:
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def start_client(self, model: nn.Module, example: Any = None, *, plan: Plan | None = None,
-                     objective: str = "latency") -> LOPInfer:
-        """Make ``model(x)`` run split with the server (captured now if ``example``)."""
+    def start_client(self, model: nn.Module, example: Any = None, *,
+                     plan: Plan | Callable[[Graph], Plan] | None = None,
+                     objective: str = "latency", **deploy_options: Any) -> LOPInfer:
+        """Make ``model(x)`` run split with the server (captured now if ``example``).
+
+        ``plan`` (a Plan, or a function of the captured graph) fixes the plan; without
+        it the planner chooses per bandwidth. ``deploy_options`` go to
+        :meth:`Client.deploy` (``planner=``, ``deadline_s=``, ``device_profile=``...).
+        """
         self.model, self._plan, self._objective = model, plan, objective
+        self._options = deploy_options
         if example is not None:
             self._deploy(example)
 
@@ -87,7 +95,9 @@ class LOPInfer:
 
     async def _open_and_deploy(self, graph: Any) -> Session:
         await self.client.ensure_connected()
-        return await self.client.deploy(graph, None, plan=self._plan, objective=self._objective)
+        plan = self._plan(graph) if callable(self._plan) else self._plan
+        return await self.client.deploy(graph, None, plan=plan, objective=self._objective,
+                                        **self._options)
 
     @property
     def last_report(self) -> Any:

@@ -14,11 +14,52 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import msgspec
+
 from ..transports import Message, register_message
 
-__all__ = ["UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "Report", "FRAME_TILE"]
+__all__ = ["UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "Report", "FRAME_TILE",
+           "FRAME_PROBE", "ProfileRequest", "Profiled", "ProbeRequest", "ProbeResult"]
 
 FRAME_TILE = 1  # Frame.kind of a row piece of an inference
+FRAME_PROBE = 2  # Frame.kind of a link probe (random bytes, measured and dropped)
+MAX_PROBE_BYTES = 4 << 20  # per frame, so a client cannot make the server send gigabytes
+MAX_PROBE_FRAMES = 16
+
+
+@register_message
+class ProfileRequest(Message, tag="profile_request"):
+    """Client -> server: measure the deployed graph's per-node costs on your device."""
+
+    tiles: list[int] = msgspec.field(default_factory=lambda: [1, 4])
+    repeats: int = 2
+
+
+@register_message
+class Profiled(Message, tag="profiled"):
+    """Server -> client: per-node costs (``PeerCosts`` JSON) measured on ``device``."""
+
+    costs_json: str
+    device: str = ""
+    threads: int = 1
+    seconds: float = 0.0
+
+
+@register_message
+class ProbeRequest(Message, tag="probe_request"):
+    """Client -> server, after ``up_frames`` probe frames: send ``down_frames`` probe
+    frames of ``down_bytes`` each, then a ``ProbeResult``."""
+
+    up_frames: int
+    down_frames: int
+    down_bytes: int
+
+
+@register_message
+class ProbeResult(Message, tag="probe_result"):
+    """Server -> client: ``[bytes, seconds]`` transfer samples of the up probe frames."""
+
+    up_samples: list[list[float]] = []
 
 
 @register_message
@@ -52,6 +93,7 @@ class Done(Message, tag="done"):
     inference_id: int
     spans: list[list[float]] = []
     busy_s: float = 0.0
+    up_samples: list[list[float]] = []  # [bytes, seconds] of the tiles it received
 
 
 @register_message
@@ -77,6 +119,17 @@ class Report:
     client_busy_s: float = 0.0
     server_busy_s: float = 0.0
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    #: the simulator's latency for this plan at the current estimate, and the pipeline
+    #: lower bound of the same assignment (no per-tile overhead, arbitrarily fine tiles)
+    predicted_s: float | None = None
+    bound_s: float | None = None
+    #: why this plan ran (the planner, the bandwidth grid point, the estimate)
+    plan_reason: str = ""
+    #: link estimates after this inference (bytes/s), from measured transfers
+    bandwidth_up: float | None = None
+    bandwidth_down: float | None = None
+    #: modelled device energy (J): busy/idle compute power and radio time
+    energy_j: float = 0.0
 
     @property
     def overlap(self) -> float:

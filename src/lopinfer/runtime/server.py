@@ -14,7 +14,7 @@ import hmac
 import itertools
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,21 @@ from ..transports import (
 )
 from .peer import DeviceWorker, PeerRun
 from .program import Program, Task, compile_plan
-from .protocol import FRAME_TILE, Done, Infer, InferFailed, PlanReady, UsePlan
+from .protocol import (
+    FRAME_PROBE,
+    FRAME_TILE,
+    MAX_PROBE_BYTES,
+    MAX_PROBE_FRAMES,
+    Done,
+    Infer,
+    InferFailed,
+    PlanReady,
+    ProbeRequest,
+    ProbeResult,
+    Profiled,
+    ProfileRequest,
+    UsePlan,
+)
 
 __all__ = ["Server", "ServerStats"]
 
@@ -159,8 +173,21 @@ class _Session:
         self.programs: dict[int, Program] = {}
         self.runs: dict[int, PeerRun] = {}
         self.started: dict[int, float] = {}
+        self.started_ns: dict[int, int] = {}
         self.loop = asyncio.get_running_loop()
         self.outbox: asyncio.Queue = asyncio.Queue()
+        # received frames, for the link samples reported back to the client
+        self.received: deque[Any] = deque(maxlen=4096)
+        conn.add_observer(self._observe)
+
+    def _observe(self, record: Any) -> None:
+        if record.direction == "recv":
+            self.received.append(record)
+
+    def _samples_since(self, start_ns: int) -> list[list[float]]:
+        from ..scheduler.link import transfer_samples
+
+        return [[float(n), s] for n, s in transfer_samples(list(self.received), since_ns=start_ns)]
 
     async def serve(self) -> None:
         srv = self.server
@@ -217,12 +244,17 @@ class _Session:
                 return
             self.programs[msg.plan_id] = program
             await self.conn.send_message(PlanReady(plan_id=msg.plan_id))
+        elif isinstance(msg, ProfileRequest):
+            await self._profile(msg)
+        elif isinstance(msg, ProbeRequest):
+            await self._probe(msg)
         elif isinstance(msg, Infer):
             program = self.programs.get(msg.plan_id)
             if program is None or msg.inference_id in self.runs:
                 raise ProtocolError(f"infer {msg.inference_id}: unknown plan {msg.plan_id}")
             iid = msg.inference_id
             self.started[iid] = time.perf_counter()
+            self.started_ns[iid] = time.perf_counter_ns()
             run = PeerRun(program, "server", on_send=self._sender(iid),
                           # mypy cannot type a lambda with a default (capture) parameter
                           on_done=lambda r, iid=iid: self.loop.call_soon_threadsafe(  # type: ignore[misc]
@@ -260,7 +292,49 @@ class _Session:
         await self.conn.send_message(Deployed(content_hash=msg.content_hash, session_id=self.id,
                                               cached=cached))
 
+    async def _profile(self, msg: ProfileRequest) -> None:
+        """Measure the deployed graph on this server's device (cached by content hash,
+        device and threads), on the device worker so it never races an inference."""
+        from ..scheduler.profiler import costs_to_json, profile
+
+        if self.graph is None:
+            await self.conn.send_message(Error(code="profile", message="no graph deployed"))
+            return
+        tiles = tuple(sorted({max(1, min(int(t), 64)) for t in msg.tiles}))[:4] or (1, 4)
+        repeats = max(1, min(int(msg.repeats), 5))
+        graph, device = self.graph, self.server.device
+        t0 = time.perf_counter()
+        fut = self.server.worker.submit(
+            lambda: profile(graph, tiles=tiles, repeats=repeats, device=device))
+        try:
+            costs = await asyncio.wrap_future(fut)
+        except Exception as exc:  # a graph this device cannot run: the client plans without
+            await self.conn.send_message(Error(code="profile", message=f"profiling failed: {exc}"))
+            return
+        await self.conn.send_message(Profiled(
+            costs_json=costs_to_json(costs), device=str(device), threads=torch.get_num_threads(),
+            seconds=time.perf_counter() - t0))
+
+    async def _probe(self, msg: ProbeRequest) -> None:
+        """Answer a link probe: samples of the up burst just received, a down burst."""
+        if not (0 <= msg.down_frames <= MAX_PROBE_FRAMES and 0 <= msg.down_bytes <= MAX_PROBE_BYTES
+                and 0 <= msg.up_frames <= MAX_PROBE_FRAMES):
+            raise ProtocolError(f"probe of {msg.down_frames} x {msg.down_bytes} bytes is over "
+                                f"the limits ({MAX_PROBE_FRAMES} x {MAX_PROBE_BYTES})")
+        from ..scheduler.link import transfer_samples
+
+        # the burst, the frame before it (its anchor) and this request
+        recs = list(self.received)[-msg.up_frames - 2:] if msg.up_frames else []
+        samples = [[float(n), s] for n, s in transfer_samples(recs)]
+        noise = torch.randint(0, 256, (msg.down_bytes,), dtype=torch.uint8)  # incompressible
+        for i in range(msg.down_frames):
+            await self.conn.send_tensor(Frame(tensor=noise, kind=FRAME_PROBE, session_id=self.id,
+                                              tensor_id=i))
+        await self.conn.send_message(ProbeResult(up_samples=samples))
+
     def _on_frame(self, frame: Frame) -> None:
+        if frame.kind == FRAME_PROBE:
+            return  # measured by the observer, nothing else to do
         run = self.runs.get(frame.inference_id)
         if run is None or frame.kind != FRAME_TILE:
             raise ProtocolError(f"frame for unknown inference {frame.inference_id}")
@@ -292,6 +366,7 @@ class _Session:
             run: PeerRun = item
             self.runs.pop(iid, None)
             t0 = self.started.pop(iid, run.started)
+            start_ns = self.started_ns.pop(iid, 0)
             if run.error is not None:
                 srv.stats.inferences_failed += 1
                 await self.conn.send_message(InferFailed(inference_id=iid, message=str(run.error)))
@@ -300,8 +375,10 @@ class _Session:
             srv.stats.latencies.append(time.perf_counter() - t0)
             del srv.stats.latencies[:-1000]
             spans = [[float(tid), s - t0, e - t0] for _, tid, s, e in run.spans]
+            samples = self._samples_since(start_ns)
             await self.conn.send_message(Done(inference_id=iid, spans=spans,
-                                              busy_s=sum(e - s for _, _, s, e in run.spans)))
+                                              busy_s=sum(e - s for _, _, s, e in run.spans),
+                                              up_samples=samples))
 
     def cancel_runs(self) -> None:
         for run in self.runs.values():

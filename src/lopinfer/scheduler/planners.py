@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..errors import PlanError
 from ..graph import Graph
-from ..runtime.program import compile_plan
+from ..runtime.program import Program, compile_plan
 from .builders import cut_plan, local_plan, local_segments, offload_plan, split_plan
 from .cost import CostModel
 from .energy import Objective, device_energy, score
@@ -42,8 +44,31 @@ class Scored:
         return self.prediction.latency_s
 
 
-def evaluate(graph: Graph, plan: Plan, cost: CostModel, objective: Objective) -> Scored:
+# Compiling a plan is most of a planner's time and does not depend on the bandwidth:
+# programs are kept by (graph, the plan's rows) so a bandwidth grid compiles each once.
+_PROGRAMS: OrderedDict[tuple, tuple[Graph, Program]] = OrderedDict()
+_PROGRAMS_LOCK = threading.Lock()
+_PROGRAMS_MAX = 4096
+
+
+def _compiled(graph: Graph, plan: Plan) -> Program:
+    key = (id(graph), tuple(sorted(plan.input_edges.items())),
+           tuple((k, v.client, v.server) for k, v in plan.nodes.items()))
+    with _PROGRAMS_LOCK:
+        hit = _PROGRAMS.get(key)
+        if hit is not None and hit[0] is graph:
+            _PROGRAMS.move_to_end(key)
+            return hit[1]
     prog = compile_plan(graph, plan, bind=False)
+    with _PROGRAMS_LOCK:
+        _PROGRAMS[key] = (graph, prog)
+        while len(_PROGRAMS) > _PROGRAMS_MAX:
+            _PROGRAMS.popitem(last=False)
+    return prog
+
+
+def evaluate(graph: Graph, plan: Plan, cost: CostModel, objective: Objective) -> Scored:
+    prog = _compiled(graph, plan)
     pred = simulate(prog, cost)
     up_s = pred.frames_up * cost.up.frame_overhead + pred.bytes_up / cost.up.bandwidth
     down_s = pred.frames_down * cost.down.frame_overhead + pred.bytes_down / cost.down.bandwidth

@@ -72,11 +72,15 @@ def _key(graph: Graph, device: str) -> tuple[str, str, int] | None:
 
 def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
             tiles: tuple[int, ...] = (1, 4), repeats: int = 3, name: str = "",
-            cache: bool = True, progress: bool = False) -> PeerCosts:
-    """Measure this peer's per-node costs for ``graph`` (random inputs by default)."""
+            cache: bool = True, progress: bool = False,
+            device: torch.device | str = "cpu") -> PeerCosts:
+    """Measure this peer's per-node costs for ``graph`` (random inputs by default) on
+    ``device`` (where the graph's weights already are)."""
     from ..runtime.executor import TiledExecutor
 
-    device = "cpu"
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    device = str(dev)
     key = _key(graph, device) if cache else None
     if key is not None:
         if key in _MEMO:
@@ -88,6 +92,7 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
     if inputs is None:
         inputs = tuple(torch.randn(m.shape).to(m.dtype) if m.dtype.is_floating_point
                        else torch.zeros(m.shape, dtype=m.dtype) for m in graph.inputs.values())
+    inputs = tuple(x.to(dev) for x in inputs)
     samples: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     bar = _progress(progress, len(tiles) * (repeats + 1), f"profiling {graph.name}")
     for t in tiles:
@@ -101,6 +106,7 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
                     xs = [r(store) for r in readers]
                     s = time.perf_counter()
                     store[tid] = fn(*xs)
+                    sync()
                     dt = time.perf_counter() - s
                     task = ex.tasks[tid]
                     if rep > 0 and task.kind in ("tile", "whole"):  # rep 0 warms up
@@ -112,7 +118,7 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
         pts = [(rows, statistics.median(v)) for rows, v in samples[node.name].items()]
         nodes[node.name] = fit_line(pts) if node.locality else NodeCost(
             0.0, statistics.median(samples[node.name][1]) if samples[node.name][1] else 0.0)
-    costs = PeerCosts(nodes, _copy_cost(), name or f"{device}x{torch.get_num_threads()}")
+    costs = PeerCosts(nodes, _copy_cost(dev), name or f"{device}x{torch.get_num_threads()}")
     if key is not None:
         _MEMO[key] = costs
         try:
@@ -124,13 +130,15 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
     return costs
 
 
-def _copy_cost() -> float:
-    a = torch.randn(1 << 20)
-    b = torch.randn(1 << 20)
+def _copy_cost(dev: torch.device) -> float:
+    a = torch.randn(1 << 20, device=dev)
+    b = torch.randn(1 << 20, device=dev)
     torch.cat([a, b])
     s = time.perf_counter()
     for _ in range(5):
         torch.cat([a, b])
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     return (time.perf_counter() - s) / 5 / (8 << 20)
 
 

@@ -1,0 +1,128 @@
+"""Adaptation: a book of plans over a bandwidth grid, one chosen per inference.
+
+At deploy the client measures both peers and the link and plans for a log-spaced
+grid of bandwidths around the measured one (nearest first; programs are compiled once
+for the whole grid). Before each inference the session asks the book for the plan of the current
+estimate; a switch needs the estimate to leave the current grid point's band by a
+margin (:class:`Hysteresis`), so noise does not make plans flap. A switch happens
+between inferences only: the session holds its lock across an inference.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..graph import Graph
+from .cost import CostModel
+from .energy import Objective
+from .link import Hysteresis
+from .planners import Scored, plan_all
+
+__all__ = ["PlanBook", "Choice", "bandwidth_grid"]
+
+
+def bandwidth_grid(center: float, *, below: float = 256.0, above: float = 16.0,
+                   step: float = 2.0) -> list[float]:
+    """Log-spaced bandwidths from ``center / below`` to ``center * above``, ``step``
+    apart (wider below: a wireless link loses far more of its rate than it gains)."""
+    lo = int(round(math.log(below) / math.log(step)))
+    hi = int(round(math.log(above) / math.log(step)))
+    return [center * step**k for k in range(-lo, hi + 1)]
+
+
+@dataclass
+class Choice:
+    """The plan an inference runs and why."""
+
+    scored: Scored
+    grid_bandwidth: float
+    changed: bool
+    reason: str
+
+
+class PlanBook:
+    """Plans of every method at each grid bandwidth (computed lazily, thread-safe).
+
+    Args:
+        graph: the captured graph.
+        cost: the measured cost model (its up bandwidth is the grid's centre; the
+            down/up ratio measured at deploy is kept at every grid point).
+        objective: what the planners minimise.
+        methods: planners to run (``lopinfer`` sees the others as candidates).
+    """
+
+    def __init__(self, graph: Graph, cost: CostModel, objective: Objective,
+                 methods: Iterable[str] = ("local", "offload", "neurosurgeon", "dads", "lopinfer"),
+                 *, grid: list[float] | None = None, margin: float = 0.25) -> None:
+        self.graph, self.cost, self.objective = graph, cost, objective
+        self.methods = tuple(methods)
+        self.grid = sorted(grid or bandwidth_grid(cost.up.bandwidth))
+        self.ratio = cost.down.bandwidth / cost.up.bandwidth
+        self._plans: dict[int, dict[str, Scored]] = {}
+        self._lock = threading.Lock()
+        self._hyst: dict[str, Hysteresis] = {}
+        self.margin = margin
+
+    def cost_at(self, up: float) -> CostModel:
+        return self.cost.with_bandwidth(up, up * self.ratio)
+
+    def plans_at(self, index: int) -> dict[str, Scored]:
+        """Every method's plan at grid point ``index`` (computed on first use)."""
+        with self._lock:
+            if index in self._plans:
+                return self._plans[index]
+        plans = plan_all(self.graph, self.cost_at(self.grid[index]), self.objective, self.methods)
+        with self._lock:
+            return self._plans.setdefault(index, plans)
+
+    def nearest(self, bandwidth: float) -> int:
+        return min(range(len(self.grid)), key=lambda i: abs(math.log(self.grid[i] / bandwidth)))
+
+    def fill(self, stop: threading.Event | None = None, progress: bool = False) -> None:
+        """Compute the whole grid, nearest to the centre first (``stop`` ends it early)."""
+        from .profiler import _progress
+
+        centre = self.nearest(self.cost.up.bandwidth)
+        step = _progress(progress, len(self.grid), "planning")
+        for i in sorted(range(len(self.grid)), key=lambda i: abs(i - centre)):
+            if stop is not None and stop.is_set():
+                return
+            self.plans_at(i)
+            step()
+
+    def ready(self) -> list[int]:
+        with self._lock:
+            return sorted(self._plans)
+
+    def choose(self, method: str, bandwidth: float) -> Choice:
+        """The plan ``method`` runs at the estimated up ``bandwidth`` (with hysteresis).
+
+        Only grid points already planned are candidates, so an inference never waits
+        for the planner (the one nearest the deploy-time estimate always is)."""
+        ready = self.ready()
+        if not ready:
+            ready = [self.nearest(self.cost.up.bandwidth)]
+            self.plans_at(ready[0])
+        hyst = self._hyst.setdefault(method, Hysteresis([self.grid[i] for i in ready],
+                                                        margin=self.margin))
+        if len(hyst.grid) != len(ready):  # more grid points are planned now: widen
+            cur = None if hyst.current is None else hyst.grid[hyst.current]
+            hyst.grid = [self.grid[i] for i in ready]
+            hyst.current = None if cur is None else hyst.grid.index(cur)
+        before = hyst.current
+        k, changed = hyst.choose(bandwidth)
+        index = ready[k]
+        scored = self.plans_at(index)[method]
+        grid_bw = self.grid[index]
+        if before is None:
+            why = "first inference"
+        elif changed:
+            why = "bandwidth changed"
+        else:
+            why = "within the current band"
+        reason = (f"{method} plan for {grid_bw / 1e6:.3g} MB/s (estimate {bandwidth / 1e6:.3g} MB/s, "
+                  f"{why}); predicted {scored.latency_s * 1e3:.1f} ms")
+        return Choice(scored, grid_bw, changed, reason)

@@ -1,0 +1,115 @@
+"""Deploy measures both peers and the link, plans per bandwidth, and switches plans
+between inferences as the measured bandwidth changes (a user-space shaped link)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from helpers import assert_exact, reference
+from lopinfer.errors import LopInferError, PlanError
+from lopinfer.runtime import Server, connect
+from lopinfer.scheduler.energy import Objective
+from lopinfer.scheduler.profiler import profile
+from lopinfer.transports import LinkShape
+from nets import REFERENCE_NETS
+
+
+def _run(coro, timeout=240):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def test_deploy_measures_plans_and_reports():
+    model, x = REFERENCE_NETS["vgg"]()
+    ref = reference(model, x)
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            shape = LinkShape(3e6, 6e6, latency=0.001)
+            async with connect(url, link_shape=shape) as client:
+                session = await client.deploy(model, (x,))
+                assert_exact(await session.infer(x), ref)
+                return session
+
+    session = _run(main())
+    # the probe measured the shaped link (never an OS setting)
+    assert session.cost.up.bandwidth == pytest.approx(3e6, rel=0.15)
+    assert session.cost.down.bandwidth == pytest.approx(6e6, rel=0.15)
+    # the server's costs were measured there and sent back: one per node
+    assert set(session.cost.server.nodes) == {n.name for n in session.graph}
+    assert len(session.book.ready()) == len(session.book.grid)  # the grid was planned
+    report = session.last_report
+    assert report.predicted_s > 0 and 0 < report.bound_s <= report.predicted_s
+    assert report.plan == session.choice.scored.plan.name
+    assert "lopinfer plan for" in report.plan_reason and report.energy_j > 0
+
+
+def test_plan_switches_between_inferences_when_the_link_changes():
+    """Fast link: a slow client offloads. The link collapses: after the estimator sees
+    it, the session switches to the local plan, between two inferences, exactly."""
+    model, x = REFERENCE_NETS["vgg"]()
+    ref = reference(model, x)
+    rate = {"now": 40e6}
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            shape = LinkShape(lambda t: rate["now"])
+            async with connect(url, link_shape=shape) as client:
+                session = await client.deploy(model, (x,))  # measured, then pretend
+                slow = session.cost.client.scaled(50, "slow-client")  # a 50x slower client
+                session = await client.deploy(model, (x,), client_costs=slow)
+                plans = []
+                for _ in range(2):
+                    assert_exact(await session.infer(x), ref)
+                    plans.append(session.last_report.plan)
+                rate["now"] = 20e3  # the link collapses
+                for _ in range(12):
+                    assert_exact(await session.infer(x), ref)
+                    report = session.last_report
+                    plans.append(report.plan)
+                    assert not report.fell_back
+                    if report.plan.startswith("local"):
+                        break
+                return plans, report, session
+
+    plans, report, session = _run(main())
+    assert plans[0] != "local" and plans[1] == plans[0], plans
+    assert plans[-1] == "local", plans
+    assert "bandwidth changed" in report.plan_reason or "within" in report.plan_reason
+    assert session.link_estimate() < 1e6  # the estimate followed the measured transfers
+
+
+def test_energy_objective_and_bad_arguments():
+    model, x = REFERENCE_NETS["vgg"]()
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("mem://adapt-energy")
+            async with connect(url) as client:
+                s = await client.deploy(model, (x,), objective="energy", deadline_s=1.0,
+                                        device_profile="raspberry-pi-5", adapt=False)
+                assert s.objective == Objective("energy", 1.0, s.objective.profile)
+                assert s.objective.profile.name == "raspberry-pi-5"
+                assert_exact(await s.infer(x), reference(model, x))
+                with pytest.raises(PlanError, match="unknown planner"):
+                    await client.deploy(model, (x,), planner="magic")
+                with pytest.raises(LopInferError, match="unknown device profile"):
+                    await client.deploy(model, (x,), device_profile="toaster")
+
+    _run(main())
+
+
+def test_server_profile_is_cached_by_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOPINFER_CACHE", str(tmp_path))
+    monkeypatch.setattr("lopinfer.scheduler.profiler._MEMO", {})  # measured afresh here
+    model, x = REFERENCE_NETS["resnet"]()
+    import lopinfer
+
+    graph = lopinfer.capture(model, (x,))
+    a = profile(graph, repeats=1)
+    b = profile(lopinfer.capture(model, (x,)), repeats=1)
+    assert a is b  # the same content: measured once
+    assert list(tmp_path.rglob("*.json"))
