@@ -344,6 +344,18 @@ def _run_demo(args: argparse.Namespace) -> int:
     return demo_main(args.transport, args.repeats, args.json)
 
 
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    from .bench.runner import add_arguments
+
+    add_arguments(p)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench.runner import run_args
+
+    return run_args(args)
+
+
 COMMANDS: list[Command] = [
     ("serve", "serve LOPInfer sessions (graceful stop on SIGINT/SIGTERM)", _serve_args, _run_serve),
     ("demo", "run every plan kind of a built-in model in loopback and print a table",
@@ -354,6 +366,8 @@ COMMANDS: list[Command] = [
      _inspect_args, _run_inspect),
     ("verify", "run a model plainly and tiled, and check the results are exact",
      _verify_args, _run_verify),
+    ("bench", "every method side by side in the edge lab (or a user-space shaped link)",
+     _bench_args, _run_bench),
 ]
 
 

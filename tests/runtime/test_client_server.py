@@ -200,10 +200,10 @@ def test_eight_concurrent_clients_with_different_models():
     nets = [REFERENCE_NETS[n]() for n in names]
 
     async def one(url, model, x, k):
+        graph = lopinfer.capture(model, (x,))
+        plan = cut_plan(graph, len(graph) // 2, 2) if k % 2 else offload_plan(graph, 2)
         async with connect(url, timeout=60) as client:
-            session = await client.deploy(model, (x,))
-            if k % 2:
-                await session.use_plan(cut_plan(session.graph, len(session.graph) // 2, 2))
+            session = await client.deploy(graph, None, plan=plan)
             for _ in range(2):
                 assert_exact(await session.infer(x), reference(model, x))
                 assert not session.last_report.fell_back
@@ -231,8 +231,9 @@ def test_healthz_and_metrics_on_the_ws_listener():
     async def main():
         async with Server() as server:
             (url,) = await server.start("ws://127.0.0.1:0/lopinfer")
+            graph = lopinfer.capture(model, (x,))
             async with connect(url) as client:
-                session = await client.deploy(model, (x,))
+                session = await client.deploy(graph, None, plan=offload_plan(graph, 2))
                 assert_exact(await session.infer(x), reference(model, x))
             http = url.replace("ws://", "http://").rsplit("/", 1)[0]
             async with aiohttp.ClientSession() as web:

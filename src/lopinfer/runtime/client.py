@@ -203,7 +203,8 @@ class Client:
                      plan: Plan | None = None, deadline_s: float | None = None,
                      device_profile: str | DeviceProfile | None = None,
                      client_costs: PeerCosts | None = None, adapt: bool = True,
-                     grid: list[float] | None = None, progress: bool = False) -> Session:
+                     grid: list[float] | None = None, progress: bool = False,
+                     extra_methods: tuple[str, ...] = ()) -> Session:
         """Capture ``model``, upload it unless the server has it, measure, plan.
 
         With ``planner`` (default ``"lopinfer"``; or ``local``, ``offload``,
@@ -219,8 +220,11 @@ class Client:
             device_profile: the client's power model (a name in ``DEVICE_PROFILES``).
             client_costs: the client's costs, when known (e.g. a throttled device's
                 profile scaled); otherwise measured here.
-            grid: the bandwidths (bytes/s) to plan for; default 16x either side of the
-                probe, a factor 2 apart.
+            grid: the bandwidths (bytes/s) to plan for; default from 1/256 to 16 times
+                the probe, a factor 2 apart.
+            extra_methods: more planners for the plan book (``"lopinfer-energy"``: least
+                device energy at no more than offload's latency), for
+                :meth:`Session.use_planner`.
 
         A server that cannot be reached gives a local session (warned once).
 
@@ -245,7 +249,7 @@ class Client:
                 await session.upload(use=plan is not None)
                 if plan is None:
                     await session.measure_and_plan(client_costs=client_costs, grid=grid,
-                                                   progress=progress)
+                                                   progress=progress, extra_methods=extra_methods)
             except (TransportError, ConnectError) as exc:
                 self._warn(f"server {self.url} lost during deploy ({exc}); running locally")
         else:
@@ -351,6 +355,11 @@ class Session:
         self._stop = threading.Event()
         self._plan_ids = itertools.count(1)
         self._local: TiledExecutor | None = None
+        # per plan (kept while the plan book keeps the plan): compiled programs, local
+        # executors, and the plan ids the server compiled them under (per connection)
+        self._programs: dict[int, tuple[Plan, Program]] = {}
+        self._executors: dict[int, TiledExecutor] = {}
+        self._server_plans: dict[int, tuple[Plan, Any, int]] = {}
         self._lock = asyncio.Lock()
 
     async def upload(self, *, use: bool = True) -> None:
@@ -359,6 +368,7 @@ class Session:
         from ..graph.serialize import pack
 
         client = self.client
+        self._server_plans.clear()  # a deploy makes the server forget this session's plans
         text, weights, digest = await asyncio.to_thread(pack, self.graph)
         try:
             await client._request(Deploy(graph_json="", content_hash=digest), Deployed)
@@ -371,7 +381,8 @@ class Session:
             await self.use_plan(self.plan or self.default_plan, pin=False)
 
     async def measure_and_plan(self, *, client_costs: PeerCosts | None = None,
-                               grid: list[float] | None = None, progress: bool = False) -> None:
+                               grid: list[float] | None = None, progress: bool = False,
+                               extra_methods: tuple[str, ...] = ()) -> None:
         """Profile both peers (in parallel) and probe the link, then plan (see deploy)."""
         from ..scheduler.adapt import PlanBook
         from ..scheduler.profiler import profile
@@ -387,16 +398,14 @@ class Session:
         finally:
             ccosts = client_costs if mine is None else await mine
         probe = await probe_link(client)
-        self.up, self.down = LinkEstimator(probe.up), LinkEstimator(probe.down)
-        self._feed(probe.up_samples, probe.down_samples)  # the window outliers are judged by
-        self.up._bw, self.down._bw = probe.up, probe.down  # the probe's median, not its EWMA
-        self.up.observe_rtt(probe.rtt)
+        self._seed_link(probe)
         self.cost = CostModel(ccosts, theirs, Link(probe.up, probe.rtt / 2),
                               Link(probe.down, probe.rtt / 2),
                               info={"probe": repr(probe)})
         assert self.planner is not None
         methods = ("local", "offload", "neurosurgeon", "dads", "lopinfer") \
             if self.planner == "lopinfer" else (self.planner,)
+        methods += tuple(m for m in extra_methods if m not in methods)
         if "dads" in methods:
             try:
                 import networkx  # noqa: F401
@@ -416,6 +425,30 @@ class Session:
         if choice.scored.plan is not self.plan:
             await self.use_plan(choice.scored.plan, pin=False)
 
+    def _seed_link(self, probe: Any) -> None:
+        self.up, self.down = LinkEstimator(probe.up), LinkEstimator(probe.down)
+        self._feed(probe.up_samples, probe.down_samples)  # the window outliers are judged by
+        self.up._bw, self.down._bw = probe.up, probe.down  # the probe's median, not its EWMA
+        self.up.observe_rtt(probe.rtt)
+
+    async def remeasure_link(self) -> None:
+        """Probe the link now and restart the estimators from what it measured."""
+        from .measure import probe_link
+
+        async with self._lock:
+            self._seed_link(await probe_link(self.client))
+            self._last_link_sample = time.monotonic()
+
+    async def use_planner(self, method: str) -> None:
+        """Choose plans with ``method``'s planner from now on (benchmarks compare them on
+        one session: the same measurements, the same plan book)."""
+        if self.book is None or method not in self.book.methods:
+            raise PlanError(f"planner {method!r} is not in this session's plan book "
+                            f"({self.book.methods if self.book else 'none: deploy with a planner'})")
+        async with self._lock:
+            self.planner, self.adapt = method, True
+            await self._choose(force=True)
+
     def link_estimate(self) -> float:
         """The up bandwidth the plans are chosen by: each direction's estimate relative
         to the deploy-time probe, the worse of the two (a link degrades both ways)."""
@@ -428,13 +461,25 @@ class Session:
     async def use_plan(self, plan: Plan, *, pin: bool = True) -> None:
         """Make ``plan`` the one the next inferences run (compiled on both peers);
         ``pin`` (the default for callers) also stops adapting to the bandwidth."""
-        program = await asyncio.to_thread(compile_plan, self.graph, plan)
+        known = self._programs.get(id(plan))
+        if known is not None and known[0] is plan:  # switching back: compiled already
+            program = known[1]
+        else:
+            program = await asyncio.to_thread(compile_plan, self.graph, plan)
+            self._programs[id(plan)] = (plan, program)
         if pin:
             self.adapt, self.choice = False, None
         if plan.uses_server() and self.client.connected:
-            pid = next(self._plan_ids)
-            await self.client._request(UsePlan(plan_id=pid, plan_json=plan.to_json()), PlanReady)
-            self.plan_id = pid
+            conn = self.client.conn
+            sent = self._server_plans.get(id(plan))
+            if sent is not None and sent[0] is plan and sent[1] is conn:
+                self.plan_id = sent[2]  # the server still has it compiled
+            else:
+                pid = next(self._plan_ids)
+                await self.client._request(UsePlan(plan_id=pid, plan_json=plan.to_json()),
+                                           PlanReady)
+                self.plan_id = pid
+                self._server_plans[id(plan)] = (plan, conn, pid)
         self.plan, self.program, self.remote = plan, program, plan.uses_server()
 
     def close(self) -> None:
@@ -443,10 +488,14 @@ class Session:
 
     def _local_executor(self, fell_back: bool) -> TiledExecutor:
         plan = self.plan if self.plan is not None and not fell_back else None
-        if self._local is None or self._local.plan is not plan and plan is not None:
-            self._local = (TiledExecutor(self.graph, plan=plan) if plan is not None
-                           else TiledExecutor(self.graph, 4, min_rows=4))
-        return self._local
+        if plan is None:  # the fallback: the whole model here, in a few tiles
+            if self._local is None:
+                self._local = TiledExecutor(self.graph, 4, min_rows=4)
+            return self._local
+        known = self._executors.get(id(plan))
+        if known is None or known.plan is not plan:
+            known = self._executors[id(plan)] = TiledExecutor(self.graph, plan=plan)
+        return known
 
     async def infer(self, *inputs: torch.Tensor) -> Any:
         """Run one inference; returns what the model returns (exactly).
@@ -500,9 +549,8 @@ class Session:
             self._last_link_sample = time.monotonic()
 
     def _predicted(self, plan: Plan) -> tuple[float | None, float | None]:
-        """(predicted latency, pipeline bound) of ``plan`` at the current estimate."""
-        if self.choice is not None and self.choice.scored.plan is plan:
-            return self.choice.scored.latency_s, self.choice.scored.bound_s
+        """(predicted latency, pipeline bound) of ``plan`` at the current estimates (not
+        the grid point's bandwidth it was planned for)."""
         if self.cost is None:
             return None, None
         from ..scheduler.planners import evaluate

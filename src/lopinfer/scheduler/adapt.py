@@ -19,7 +19,7 @@ from ..graph import Graph
 from .cost import CostModel
 from .energy import Objective
 from .link import Hysteresis
-from .planners import Scored, plan_all
+from .planners import Scored, plan_all, plan_lopinfer
 
 __all__ = ["PlanBook", "Choice", "bandwidth_grid"]
 
@@ -74,7 +74,14 @@ class PlanBook:
         with self._lock:
             if index in self._plans:
                 return self._plans[index]
-        plans = plan_all(self.graph, self.cost_at(self.grid[index]), self.objective, self.methods)
+        cost = self.cost_at(self.grid[index])
+        plans = plan_all(self.graph, cost, self.objective,
+                         [m for m in self.methods if m != "lopinfer-energy"])
+        if "lopinfer-energy" in self.methods and "offload" in plans:
+            # least device energy among plans no slower than offloading everything
+            goal = Objective("energy", plans["offload"].latency_s, self.objective.profile)
+            plans["lopinfer-energy"] = plan_lopinfer(self.graph, cost, goal,
+                                                     baselines=list(plans.values()))
         with self._lock:
             return self._plans.setdefault(index, plans)
 

@@ -1,0 +1,157 @@
+"""The device side of ``lopinfer bench``: one process that stands for the robot.
+
+It runs where the lab puts it (in the device namespace and cgroup, or plainly with a
+user-space shaped link), connects to the bench's server, and for each model deploys
+once (its own profile measured here, the server's there, the link probed) and runs
+every method interleaved: per repetition each method infers once, in an order that
+rotates, so drift on a shared machine hits every method alike. One JSON record per
+inference is appended to the output file.
+
+The link is set through a controller: ``pipe`` asks the orchestrator (which owns the
+kernel shaping) by a line on stdout and waits for its answer on stdin; ``userspace``
+sets the rate of this process's own :class:`~lopinfer.transports.LinkShape`.
+
+Run as ``python -m lopinfer.bench.device SPEC.json`` (the orchestrator writes SPEC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import load_model
+from ..scheduler.builders import local_plan
+from ..transports import LinkShape
+
+__all__ = ["main"]
+
+
+class PipeControl:
+    """Link rates set by the orchestrator (kernel shaping in the edge lab)."""
+
+    def __init__(self) -> None:
+        self.up = self.down = 0.0
+
+    def set_rate(self, up: float, down: float) -> None:
+        print("@@" + json.dumps({"op": "rate", "up": up, "down": down}), flush=True)
+        answer = sys.stdin.readline().strip()
+        if answer != "ok":
+            raise RuntimeError(f"the orchestrator refused the rate change: {answer!r}")
+        self.up, self.down = up, down
+
+    def shape(self) -> LinkShape | None:
+        return None
+
+
+class ShapeControl:
+    """Link rates of this process's own user-space shaped link."""
+
+    def __init__(self) -> None:
+        self.up = self.down = 1e9
+
+    def set_rate(self, up: float, down: float) -> None:
+        self.up, self.down = up, down
+
+    def shape(self) -> LinkShape:
+        return LinkShape(lambda t: self.up, lambda t: self.down, latency=0.0005)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _record(spec: dict, model: str, method: str, scen: dict, rate: float, rep: int,
+            report: Any, exact: bool) -> dict:
+    up_bw, down_bw = report.bandwidth_up, report.bandwidth_down
+    link_s = ((report.bytes_up / up_bw if up_bw else 0.0)
+              + (report.bytes_down / down_bw if down_bw else 0.0))
+    return {
+        "model": model, "method": method, "scenario": scen["name"], "rate_Bps": rate, "rep": rep,
+        "latency_s": report.latency_s, "bytes_up": report.bytes_up, "bytes_down": report.bytes_down,
+        "energy_j": report.energy_j, "predicted_s": report.predicted_s, "bound_s": report.bound_s,
+        "sequential_s": report.client_busy_s + report.server_busy_s + link_s,
+        "plan": report.plan, "fell_back": report.fell_back, "exact": exact,
+        "plan_reason": report.plan_reason, "bandwidth_up": up_bw, "bandwidth_down": down_bw,
+        "client_busy_s": report.client_busy_s, "server_busy_s": report.server_busy_s,
+        "timeline": report.timeline if spec.get("timelines", True) else [],
+        "dilation": spec["dilation"],
+    }
+
+
+async def run(spec: dict) -> None:
+    import lopinfer
+    from ..scheduler.profiler import profile
+
+    control = PipeControl() if spec["control"] == "pipe" else ShapeControl()
+    dil = float(spec["dilation"])
+    out = Path(spec["out"])
+    methods: list[str] = spec["methods"]
+    torch.manual_seed(0)
+    for m in spec["models"]:
+        loaded = load_model(m["spec"])
+        model = loaded.module
+        x = torch.randn(loaded.example_shape(m.get("input_shape")))
+        with torch.inference_mode():
+            ref = model(x)
+        _say(f"{loaded.name}: profiling here and on the server, probing, planning")
+        t0 = time.perf_counter()
+        graph = await asyncio.to_thread(lopinfer.capture, model, (x,))
+        mine = await asyncio.to_thread(profile, graph, tiles=(1, 4), repeats=1, name="device")
+        # weights are installed on a server once, not per inference: upload them over a
+        # fast link so that the deploy below sends only the content hash
+        control.set_rate(1e9, 1e9)
+        async with lopinfer.connect(spec["server"], link_shape=control.shape(), timeout=60) as c:
+            await c.deploy(graph, None, plan=local_plan(graph))
+        first = spec["scenarios"][0]
+        control.set_rate(first["rates"][0] / dil, first["rates"][0] / dil)
+        async with lopinfer.connect(spec["server"], link_shape=control.shape(), timeout=60,
+                                    peer_timeout=600) as client:
+            session = await client.deploy(graph, None, client_costs=mine,
+                                          device_profile=spec.get("device_profile"),
+                                          extra_methods=tuple(x for x in methods
+                                                              if x == "lopinfer-energy"))
+            if session.book is None:
+                raise RuntimeError(f"deploy of {loaded.name} found no server at {spec['server']}")
+            _say(f"{loaded.name}: ready in {time.perf_counter() - t0:.0f} s, "
+                 f"{session.cost.info['probe']}")
+            _say(f"{loaded.name}: warm-up, one untimed inference per method")
+            for method in methods:  # first calls pack weights and build executors
+                await session.use_planner(method)
+                await session.infer(x)
+            for scen in spec["scenarios"]:
+                for rep in range(spec["repeats"]):
+                    rate = scen["rates"][rep % len(scen["rates"])]
+                    if rep == 0 or len(scen["rates"]) > 1:
+                        control.set_rate(rate / dil, rate / dil)
+                    if rep == 0 and scen["kind"] == "fixed":
+                        await session.remeasure_link()  # a new fixed link: measured afresh
+                    order = methods[rep % len(methods):] + methods[:rep % len(methods)]
+                    for method in order:
+                        await session.use_planner(method)
+                        y = await session.infer(x)
+                        exact = bool(torch.allclose(y, ref, rtol=1e-4,
+                                                    atol=1e-5 * float(ref.abs().max())))
+                        rec = _record(spec, loaded.name, method, scen, rate, rep,
+                                      session.last_report, exact)
+                        with out.open("a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                        _say(f"{loaded.name} {scen['name']} rep {rep} {method}: "
+                             f"{rec['latency_s'] * 1e3:.0f} ms ({rec['plan']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    torch.set_num_threads(1)
+    asyncio.run(run(spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""``lopinfer bench``: every method measured side by side in one run.
+
+The run stands for the research testbed, time-dilated to this machine:
+
+1. calibrate: the server's vgg19_bn time here (one thread) over the testbed's GPU time
+   (4.8 ms) is the dilation ``D``; link rates are divided by ``D``; the device gets
+   1/18 of a core (the testbed's robot was 18x slower than its server);
+2. lab: the edge lab (namespaces, ``tbf``, a cgroup; see :mod:`lopinfer.bench.lab`)
+   when root allows, else a user-space shaped link with an unthrottled device (said
+   in the output);
+3. a server process and a device process (:mod:`lopinfer.bench.device`) run every
+   model, scenario and method interleaved; the device asks for rate changes;
+4. records go to ``DIR/records.jsonl``; :func:`lopinfer.bench.report.write_all` makes
+   the CSV, JSON, plots and the table.
+
+Scenarios: ``fixed:RATE`` (seed-equivalent, e.g. ``fixed:11MB/s``), ``seed-indoor`` and
+``seed-outdoor`` (the committed traces, one trace sample per repetition, evenly spaced
+over the trace; the session adapts from its own measurements, it is not told).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SEED_GPU_VGG19_BN_S = 4.8e-3  # the research testbed's server, vgg19_bn, batch 1
+SEED_DEVICE_SLOWDOWN = 18.0  # its robot: 87 ms for the same model
+TRACE_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "traces"
+METHODS = ("local", "offload", "neurosurgeon", "dads", "lopinfer")
+
+__all__ = ["add_arguments", "run_args", "calibrate", "scenarios"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default="torchvision:vgg19_bn",
+                   help="comma-separated MODEL specs (torchvision:NAME, module:factory, file.py:factory)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated: local,offload,neurosurgeon,dads,lopinfer,lopinfer-energy")
+    p.add_argument("--scenario", default="fixed:11MB/s",
+                   help="comma-separated: fixed:RATE (seed-equivalent), seed-indoor, seed-outdoor")
+    p.add_argument("--repeats", type=int, default=3, help="inferences per method and scenario")
+    p.add_argument("--out", default="bench-out", help="output folder")
+    p.add_argument("--lab", choices=("auto", "edgelab", "userspace"), default="auto",
+                   help="kernel-shaped namespaces (root) or a user-space shaped link")
+    p.add_argument("--dilation", default="auto",
+                   help="time dilation: 'auto' (measure vgg19_bn here) or a number")
+    p.add_argument("--device-slowdown", type=float, default=SEED_DEVICE_SLOWDOWN,
+                   help="how much slower the device is than the server (edge lab only)")
+    p.add_argument("--device-profile", default="jetson-xavier-nx", help="device power model")
+    p.add_argument("--input-shape", default=None, help="input shape for every model, e.g. 1,3,224,224")
+    p.add_argument("--no-plots", action="store_true", help="CSV, JSON and table only")
+
+
+def calibrate(server_cpu: int | None = None) -> float:
+    """vgg19_bn seconds on one thread of this machine (pinned to ``server_cpu``)."""
+    code = ("import time, torch, torchvision; torch.set_num_threads(1); "
+            "m = torchvision.models.vgg19_bn().eval(); x = torch.randn(1, 3, 224, 224)\n"
+            "with torch.inference_mode():\n"
+            "    m(x); ts = []\n"
+            "    for _ in range(3):\n"
+            "        s = time.perf_counter(); m(x); ts.append(time.perf_counter() - s)\n"
+            "print(sorted(ts)[1])")
+    argv = [sys.executable, "-c", code]
+    if server_cpu is not None:
+        argv = ["taskset", "-c", str(server_cpu), *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"bench: calibration failed (needs torchvision): {out.stderr.strip()[-300:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def scenarios(text: str, repeats: int) -> list[dict[str, Any]]:
+    """Scenario specs: name, kind and the seed-equivalent rate of each repetition."""
+    from .lab import parse_rate
+    from .traces import load
+
+    out = []
+    for name in [s.strip() for s in text.split(",") if s.strip()]:
+        if name.startswith("fixed:"):
+            out.append({"name": name, "kind": "fixed", "rates": [parse_rate(name[6:])]})
+        elif name in ("seed-indoor", "seed-outdoor"):
+            trace = load(TRACE_DIR / f"{name}.csv")
+            step = max(1, len(trace) // max(repeats, 1))
+            out.append({"name": name, "kind": "trace",
+                        "rates": [trace[(k * step) % len(trace)][1] for k in range(repeats)]})
+        else:
+            raise SystemExit(f"bench: unknown scenario {name!r} (fixed:RATE, seed-indoor, seed-outdoor)")
+    return out
+
+
+def _progress(total: int) -> Any:
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc="bench", unit="inference")
+    except ImportError:
+        return None
+
+
+def run_args(args: argparse.Namespace) -> int:
+    from . import lab as edgelab
+    from .report import table, write_all, summarise
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records_path = out / "records.jsonl"
+    records_path.unlink(missing_ok=True)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    scens = scenarios(args.scenario, args.repeats)
+    ok, why = edgelab.available()
+    use_lab = args.lab == "edgelab" or (args.lab == "auto" and ok)
+    if args.lab == "edgelab" and not ok:
+        raise SystemExit(f"bench: {why}")
+    if not use_lab:
+        print(f"bench: {why if not ok else 'asked for'}: using the user-space shaped link; "
+              "the device is not throttled", file=sys.stderr)
+    dilation = calibrate(1 if use_lab else None) / SEED_GPU_VGG19_BN_S \
+        if args.dilation == "auto" else float(args.dilation)
+    print(f"bench: dilation {dilation:.1f} (server vgg19_bn here / {SEED_GPU_VGG19_BN_S * 1e3} ms)",
+          file=sys.stderr)
+    cache = out / "cache"
+    spec = {"models": [{"spec": m, "input_shape": _shape(args.input_shape)} for m in models],
+            "methods": methods, "scenarios": scens, "repeats": args.repeats,
+            "dilation": dilation, "control": "pipe" if use_lab else "userspace",
+            "out": str(records_path.resolve()), "device_profile": args.device_profile}
+    meta = {"command": " ".join(sys.argv), "models": models, "methods": methods,
+            "scenarios": [s["name"] for s in scens], "dilation": dilation,
+            "lab": "edgelab" if use_lab else "userspace",
+            "device_share": 1 / args.device_slowdown if use_lab else 1.0,
+            "repeats": args.repeats, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    total = len(models) * len(methods) * len(scens) * args.repeats
+    if use_lab:
+        rate0 = scens[0]["rates"][0] / dilation
+        with edgelab.EdgeLab(name="lopb", rate_up=rate0, rate_down=rate0,
+                             device_share=1 / args.device_slowdown) as lab:
+            server = lab.spawn_server(_serve_argv("tcp://10.77.0.2:7700"),
+                                      env=_env(cache / "server"), stdout=subprocess.PIPE, text=True)
+            _wait_listening(server)
+            spec["server"] = "tcp://10.77.0.2:7700"
+            _drive(lab, spec, out, cache, total)
+    else:
+        server = subprocess.Popen(_serve_argv("tcp://127.0.0.1:0"), env=_env(cache / "server"),
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            spec["server"] = _wait_listening(server)
+            _drive(None, spec, out, cache, total)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    records = [json.loads(line) for line in records_path.read_text().splitlines() if line]
+    if not records:
+        raise SystemExit("bench: no inference was recorded")
+    wrote = write_all(records, meta, out, plots=not args.no_plots)
+    print(table(summarise(records)))
+    print(f"\nwrote {', '.join(str(p) for p in wrote.values())}", file=sys.stderr)
+    return 0
+
+
+def _shape(text: str | None) -> list[int] | None:
+    return None if not text else [int(v) for v in text.split(",")]
+
+
+def _serve_argv(url: str) -> list[str]:
+    return [sys.executable, "-m", "lopinfer.runtime.serve", "--listen", url]
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+            "LOPINFER_CACHE": str(cache)}
+
+
+def _wait_listening(proc: subprocess.Popen) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("LOPINFER_LISTENING "):
+        raise SystemExit(f"bench: the server did not start: {line!r}")
+    return line.split(" ", 1)[1]
+
+
+def _drive(lab: Any, spec: dict, out: Path, cache: Path, total: int) -> None:
+    """Run the device process; apply the rate changes it asks for."""
+    spec_path = out / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    argv = [sys.executable, "-m", "lopinfer.bench.device", str(spec_path.resolve())]
+    kw = dict(env=_env(cache / "device"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = lab.spawn_device(argv, **kw) if lab is not None else subprocess.Popen(argv, **kw)
+    bar = _progress(total)
+    assert proc.stdout is not None and proc.stdin is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith("@@"):
+            msg = json.loads(line[2:])
+            if lab is not None:
+                lab.set_rate(up=msg["up"], down=msg["down"])
+            proc.stdin.write("ok\n")
+            proc.stdin.flush()
+        elif bar is not None and " rep " in line:
+            bar.update(1)
+            bar.set_postfix_str(line[:60])
+        else:
+            print(line, file=sys.stderr)
+    if bar is not None:
+        bar.close()
+    if proc.wait() != 0:
+        raise SystemExit(f"bench: the device process failed (exit {proc.returncode})")
