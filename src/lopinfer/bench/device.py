@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,12 @@ class PipeControl:
     def shape(self) -> LinkShape | None:
         return None
 
+    def throttle(self, on: bool) -> None:
+        print("@@" + json.dumps({"op": "throttle", "on": on, "pid": os.getpid()}), flush=True)
+        answer = sys.stdin.readline().strip()
+        if answer != "ok":
+            raise RuntimeError(f"the orchestrator refused to throttle: {answer!r}")
+
 
 class ShapeControl:
     """Link rates of this process's own user-space shaped link."""
@@ -60,6 +67,9 @@ class ShapeControl:
 
     def shape(self) -> LinkShape:
         return LinkShape(lambda t: self.up, lambda t: self.down, latency=0.0005)
+
+    def throttle(self, on: bool) -> None:
+        pass  # no cgroup without the edge lab
 
 
 def _say(text: str) -> None:
@@ -102,7 +112,9 @@ async def run(spec: dict) -> None:
         _say(f"{loaded.name}: profiling here and on the server, probing, planning")
         t0 = time.perf_counter()
         graph = await asyncio.to_thread(lopinfer.capture, model, (x,))
+        control.throttle(True)  # the device's costs are measured as the device is
         mine = await asyncio.to_thread(profile, graph, tiles=(1, 4), repeats=1, name="device")
+        control.throttle(False)  # planning is deploy-time work, not in any latency
         # weights are installed on a server once, not per inference: upload them over a
         # fast link so that the deploy below sends only the content hash
         control.set_rate(1e9, 1e9)
@@ -120,6 +132,7 @@ async def run(spec: dict) -> None:
                 raise RuntimeError(f"deploy of {loaded.name} found no server at {spec['server']}")
             _say(f"{loaded.name}: ready in {time.perf_counter() - t0:.0f} s, "
                  f"{session.cost.info['probe']}")
+            control.throttle(True)
             _say(f"{loaded.name}: warm-up, one untimed inference per method")
             for method in methods:  # first calls pack weights and build executors
                 await session.use_planner(method)
@@ -131,6 +144,8 @@ async def run(spec: dict) -> None:
                         control.set_rate(rate / dil, rate / dil)
                     if rep == 0 and scen["kind"] == "fixed":
                         await session.remeasure_link()  # a new fixed link: measured afresh
+                        await session.use_planner(methods[0])
+                        await session.infer(x)  # untimed: the link's first inference
                     order = methods[rep % len(methods):] + methods[:rep % len(methods)]
                     for method in order:
                         await session.use_planner(method)
@@ -143,6 +158,7 @@ async def run(spec: dict) -> None:
                             f.write(json.dumps(rec) + "\n")
                         _say(f"{loaded.name} {scen['name']} rep {rep} {method}: "
                              f"{rec['latency_s'] * 1e3:.0f} ms ({rec['plan']})")
+        control.throttle(False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -534,6 +534,15 @@ class EdgeLab:
         self._procs.append(proc)  # terminated by down()
         return proc
 
+    def throttle(self, pid: int, on: bool = True) -> None:
+        """Move process ``pid`` (every thread of it) into the device cgroup, or out of
+        it back to the root cgroup (deploy-time work such as planning runs unthrottled)."""
+        target = Path(self.names["cgroup"]) if on else CGROUP_ROOT
+        try:
+            (target / "cgroup.procs").write_text(str(int(pid)))
+        except OSError as exc:
+            raise EdgeLabError(f"edgelab: moving pid {pid} to {target} failed: {exc}") from None
+
     def spawn_device(self, argv: Sequence[str], throttle: bool = True, **popen_kw: Any) -> subprocess.Popen:
         """Start ``argv`` as the device (see :meth:`device_command`); stopped by :meth:`down`."""
         return self._spawn(self.device_command(argv, throttle), popen_kw)

@@ -191,15 +191,18 @@ def _drive(lab: Any, spec: dict, out: Path, cache: Path, total: int) -> None:
     spec_path.write_text(json.dumps(spec, indent=1))
     argv = [sys.executable, "-m", "lopinfer.bench.device", str(spec_path.resolve())]
     kw = dict(env=_env(cache / "device"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    proc = lab.spawn_device(argv, **kw) if lab is not None else subprocess.Popen(argv, **kw)
+    proc = lab.spawn_device(argv, throttle=False, **kw) if lab is not None \
+        else subprocess.Popen(argv, **kw)
     bar = _progress(total)
     assert proc.stdout is not None and proc.stdin is not None
     for line in proc.stdout:
         line = line.rstrip("\n")
         if line.startswith("@@"):
             msg = json.loads(line[2:])
-            if lab is not None:
+            if lab is not None and msg["op"] == "rate":
                 lab.set_rate(up=msg["up"], down=msg["down"])
+            elif lab is not None and msg["op"] == "throttle":
+                lab.throttle(msg["pid"], msg["on"])
             proc.stdin.write("ok\n")
             proc.stdin.flush()
         elif bar is not None and " rep " in line:
