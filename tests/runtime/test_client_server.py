@@ -267,3 +267,32 @@ def test_cuda_server_is_exact():
                     assert not session.last_report.fell_back
 
     asyncio.run(main())
+
+
+def test_large_weights_travel_in_chunks(monkeypatch):
+    """Weights over a control message's limit go as tensor frames before Deploy; a
+    server's max_model_size bounds them."""
+    import lopinfer.runtime.client as client_mod
+
+    monkeypatch.setattr(client_mod, "WEIGHTS_CHUNK", 16 << 10)  # several chunks
+    model, x = REFERENCE_NETS["resnet"]()
+    graph = lopinfer.capture(model, (x,))
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            async with connect(url) as client:
+                session = await client.deploy(graph, None, plan=offload_plan(graph, 2))
+                assert_exact(await session.infer(x), reference(model, x))
+            assert server.stats.deploys == 1
+        async with Server(max_model_size=20_000) as small:
+            (url,) = await small.start("tcp://127.0.0.1:0")
+            async with connect(url) as client:
+                session = await client.deploy(graph, None, plan=offload_plan(graph, 2))
+                # refused: the session runs locally, exactly, and says so
+                assert_exact(await session.infer(x), reference(model, x))
+                assert session.last_report.fell_back
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        asyncio.run(main())

@@ -53,7 +53,7 @@ from ..transports import connect as transport_connect
 from .executor import TiledExecutor, check_inputs, pack_outputs
 from .peer import DeviceWorker, PeerRun
 from .program import Program, Task, compile_plan
-from .protocol import FRAME_TILE, Done, Infer, InferFailed, PlanReady, Report, UsePlan
+from .protocol import FRAME_TILE, FRAME_WEIGHTS, WEIGHTS_CHUNK, Done, Infer, InferFailed, PlanReady, Report, UsePlan
 
 if TYPE_CHECKING:  # the planners import the runtime's program compiler: no cycle at runtime
     from ..scheduler.adapt import Choice, PlanBook
@@ -375,8 +375,20 @@ class Session:
         except RemoteError as exc:
             if "unknown_deployment" not in str(exc):
                 raise
-            await client._request(Deploy(graph_json=text, content_hash=digest, weights=weights),
-                                  Deployed)
+            if len(weights) <= WEIGHTS_CHUNK:
+                await client._request(Deploy(graph_json=text, content_hash=digest,
+                                             weights=weights), Deployed)
+            else:  # over a control message's limit: the blob goes first, in tensor frames
+                assert client.conn is not None
+                blob = torch.frombuffer(bytearray(weights), dtype=torch.uint8)
+                chunks = range(0, len(weights), WEIGHTS_CHUNK)
+                for i, a in enumerate(chunks):
+                    await client.conn.send_tensor(Frame(tensor=blob[a:a + WEIGHTS_CHUNK],
+                                                        kind=FRAME_WEIGHTS, tensor_id=i))
+                await client._request(Deploy(graph_json=text, content_hash=digest,
+                                             weights_chunks=len(chunks),
+                                             weights_size=len(weights)), Deployed,
+                                      timeout=max(client.timeout * 6, 600.0))
         if use:
             await self.use_plan(self.plan or self.default_plan, pin=False)
 

@@ -19,10 +19,12 @@ import msgspec
 from ..transports import Message, register_message
 
 __all__ = ["UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "Report", "FRAME_TILE",
-           "FRAME_PROBE", "ProfileRequest", "Profiled", "ProbeRequest", "ProbeResult"]
+           "FRAME_PROBE", "FRAME_WEIGHTS", "WEIGHTS_CHUNK", "ProfileRequest", "Profiled", "ProbeRequest", "ProbeResult"]
 
 FRAME_TILE = 1  # Frame.kind of a row piece of an inference
 FRAME_PROBE = 2  # Frame.kind of a link probe (random bytes, measured and dropped)
+FRAME_WEIGHTS = 3  # Frame.kind of a chunk of a deployment's safetensors blob
+WEIGHTS_CHUNK = 16 << 20  # weights larger than this travel as chunks, not in Deploy
 MAX_PROBE_BYTES = 4 << 20  # per frame, so a client cannot make the server send gigabytes
 MAX_PROBE_FRAMES = 16
 

@@ -40,6 +40,7 @@ from .program import Program, Task, compile_plan
 from .protocol import (
     FRAME_PROBE,
     FRAME_TILE,
+    FRAME_WEIGHTS,
     MAX_PROBE_BYTES,
     MAX_PROBE_FRAMES,
     Done,
@@ -82,17 +83,19 @@ class Server:
         max_sessions: concurrent sessions (more are refused at hello).
         hello_timeout: seconds a new connection has to say hello.
         models: pre-deployed graphs (``lopinfer serve --models DIR``), by content hash.
+        max_model_size: bytes of weights one deployment may upload.
     """
 
     def __init__(self, *, device: str = "cpu", token: str | None = None, name: str = "lopinfer",
                  max_deployments: int = 32, max_sessions: int = 256, hello_timeout: float = 10.0,
-                 models: dict[str, Graph] | None = None) -> None:
+                 models: dict[str, Graph] | None = None, max_model_size: int = 2 << 30) -> None:
         self.device = torch.device(device)
         self.token = token
         self.name = name
         self.max_deployments = max_deployments
         self.max_sessions = max_sessions
         self.hello_timeout = hello_timeout
+        self.max_model_size = max_model_size
         self.deployments: OrderedDict[str, Graph] = OrderedDict(models or {})
         self.worker = DeviceWorker(f"lopinfer-{self.device.type}")
         self.copier = None
@@ -179,6 +182,8 @@ class _Session:
         # received frames, for the link samples reported back to the client
         self.received: deque[Any] = deque(maxlen=4096)
         conn.add_observer(self._observe)
+        self.weight_parts: list[torch.Tensor] = []  # chunks of the next Deploy's weights
+        self.weight_bytes = 0
 
     def _observe(self, record: Any) -> None:
         if record.direction == "recv":
@@ -274,11 +279,17 @@ class _Session:
                                                message=msg.content_hash))
             return
         cached = graph is not None
+        parts, self.weight_parts, self.weight_bytes = self.weight_parts, [], 0
+        if len(parts) != msg.weights_chunks or sum(p.numel() for p in parts) != msg.weights_size:
+            raise ProtocolError(f"deploy announces {msg.weights_chunks} weight chunks of "
+                                f"{msg.weights_size} bytes, {len(parts)} arrived")
         if graph is None:
             from ..graph.serialize import unpack
 
+            weights = msg.weights if not parts else torch.cat(parts).numpy().tobytes()
+            del parts
             try:
-                graph = await asyncio.to_thread(unpack, msg.graph_json, msg.weights)
+                graph = await asyncio.to_thread(unpack, msg.graph_json, weights)
             except LopInferError as exc:
                 await self.conn.send_message(Error(code="deploy", message=str(exc)))
                 return
@@ -335,6 +346,15 @@ class _Session:
     def _on_frame(self, frame: Frame) -> None:
         if frame.kind == FRAME_PROBE:
             return  # measured by the observer, nothing else to do
+        if frame.kind == FRAME_WEIGHTS:
+            t = frame.tensor
+            if t.dtype != torch.uint8 or t.dim() != 1:
+                raise ProtocolError("a weights chunk must be a 1-d uint8 tensor")
+            self.weight_bytes += t.numel()
+            if self.weight_bytes > self.server.max_model_size:
+                raise ProtocolError(f"weights over max_model_size={self.server.max_model_size} bytes")
+            self.weight_parts.append(t)
+            return
         run = self.runs.get(frame.inference_id)
         if run is None or frame.kind != FRAME_TILE:
             raise ProtocolError(f"frame for unknown inference {frame.inference_id}")

@@ -77,14 +77,17 @@ class Welcome(Message, tag="welcome"):
 class Deploy(Message, tag="deploy"):
     """Client -> server: a graph (JSON over the op allow-list) and its weights.
 
-    Weights travel either inline as a safetensors blob in ``weights``, or as tensor
-    frames that follow, announced by ``weights_hash`` (``weights`` left empty).
+    Weights travel either inline as a safetensors blob in ``weights``, or, when larger
+    than a control message may be, as ``weights_chunks`` uint8 tensor frames of the
+    same blob (``weights_size`` bytes in all) sent just before this message.
     """
 
     graph_json: str
     content_hash: str
     weights: bytes = b""
     weights_hash: str = ""
+    weights_chunks: int = 0
+    weights_size: int = 0
 
 
 @register_message
