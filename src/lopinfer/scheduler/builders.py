@@ -125,8 +125,9 @@ def split_plan(graph: Graph, fraction: float, start: int, stop: int, tiles: Tile
     same time. Nodes before the segment run on ``before``, after it on ``after``.
 
     ``halo="send"``: rows each side needs from the other's part cross the link;
-    ``halo="recompute"``: the server extends its rows backwards through the segment so
-    it needs nothing from the client inside it (it recomputes the overlap)."""
+    ``halo="recompute"``: both sides extend their rows through the segment (the server
+    backwards, the client forwards) so that nothing crosses inside it: each recomputes
+    the overlap, and only the segment's input rows and its last node's rows cross."""
     if halo not in ("send", "recompute"):
         raise PlanError(f"halo must be 'send' or 'recompute', got {halo!r}")
     if not 0.0 <= fraction <= 1.0:
@@ -138,16 +139,21 @@ def split_plan(graph: Graph, fraction: float, start: int, stop: int, tiles: Tile
     # every node of the segment is local (checked above)
     cut = {n.name: round(fraction * cast(Locality, n.locality).size) for n in seg}
     server_lo = dict(cut)
+    client_hi = dict(cut)
     if halo == "recompute":
         in_seg = {n.name for n in seg}
         for node in reversed(seg):
             assert node.locality is not None
             lo, hi = server_lo[node.name], node.locality.size
-            if lo >= hi:
-                continue
-            for dep, need in zip(node.locality.deps, node.locality.need(lo, hi)):
-                if dep.ref in in_seg and need is not None:
-                    server_lo[dep.ref] = min(server_lo[dep.ref], need[0])
+            if lo < hi:
+                for dep, need in zip(node.locality.deps, node.locality.need(lo, hi)):
+                    if dep.ref in in_seg and need is not None:
+                        server_lo[dep.ref] = min(server_lo[dep.ref], need[0])
+            top = client_hi[node.name]
+            if top > 0:
+                for dep, need in zip(node.locality.deps, node.locality.need(0, top)):
+                    if dep.ref in in_seg and need is not None:
+                        client_hi[dep.ref] = max(client_hi[dep.ref], need[1])
     nodes = {}
     for i, n in enumerate(graph):
         t = node_tiles(n, tiles, min_rows)
@@ -159,7 +165,7 @@ def split_plan(graph: Graph, fraction: float, start: int, stop: int, tiles: Tile
             assert n.locality is not None
             size = n.locality.size
             nodes[n.name] = NodeRows(
-                client=node_tiles(n, tiles, min_rows, (0, cut[n.name])),
+                client=node_tiles(n, tiles, min_rows, (0, client_hi[n.name])),
                 server=node_tiles(n, tiles, min_rows, (server_lo[n.name], size)),
             )
     name = f"split[{start}:{stop}]@{fraction:g}/{halo}/t{tiles}"
