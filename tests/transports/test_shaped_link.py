@@ -19,7 +19,7 @@ def _run(coro):
 async def _echo_server(n_down: int, nbytes: int):
     async def handler(conn):
         got = 0
-        async for item in conn:
+        async for _item in conn:
             got += 1
             if got == n_down:
                 for i in range(n_down):

@@ -96,6 +96,7 @@ def _record(spec: dict, model: str, method: str, scen: dict, rate: float, rep: i
 
 async def run(spec: dict) -> None:
     import lopinfer
+
     from ..scheduler.profiler import profile
 
     control = PipeControl() if spec["control"] == "pipe" else ShapeControl()

@@ -106,7 +106,7 @@ def _progress(total: int) -> Any:
 
 def run_args(args: argparse.Namespace) -> int:
     from . import lab as edgelab
-    from .report import table, write_all, summarise
+    from .report import summarise, table, write_all
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +190,8 @@ def _drive(lab: Any, spec: dict, out: Path, cache: Path, total: int) -> None:
     spec_path = out / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     argv = [sys.executable, "-m", "lopinfer.bench.device", str(spec_path.resolve())]
-    kw = dict(env=_env(cache / "device"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    kw: dict[str, Any] = dict(env=_env(cache / "device"), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     proc = lab.spawn_device(argv, throttle=False, **kw) if lab is not None \
         else subprocess.Popen(argv, **kw)
     bar = _progress(total)

@@ -53,7 +53,17 @@ from ..transports import connect as transport_connect
 from .executor import TiledExecutor, check_inputs, pack_outputs
 from .peer import DeviceWorker, PeerRun
 from .program import Program, Task, compile_plan
-from .protocol import FRAME_TILE, FRAME_WEIGHTS, WEIGHTS_CHUNK, Done, Infer, InferFailed, PlanReady, Report, UsePlan
+from .protocol import (
+    FRAME_TILE,
+    FRAME_WEIGHTS,
+    WEIGHTS_CHUNK,
+    Done,
+    Infer,
+    InferFailed,
+    PlanReady,
+    Report,
+    UsePlan,
+)
 
 if TYPE_CHECKING:  # the planners import the runtime's program compiler: no cycle at runtime
     from ..scheduler.adapt import Choice, PlanBook
@@ -402,20 +412,21 @@ class Session:
 
         client = self.client
         mine: Any = None
-        if client_costs is None:
+        if client_costs is None:  # measured here, while the server measures itself
             mine = asyncio.wrap_future(client.worker.submit(
                 lambda: profile(self.graph, progress=progress, name="client")))
         try:
             theirs = await server_costs(client)
         finally:
-            ccosts = client_costs if mine is None else await mine
+            ccosts = await mine if mine is not None else client_costs
+        assert ccosts is not None
         probe = await probe_link(client)
         self._seed_link(probe)
         self.cost = CostModel(ccosts, theirs, Link(probe.up, probe.rtt / 2),
                               Link(probe.down, probe.rtt / 2),
                               info={"probe": repr(probe)})
         assert self.planner is not None
-        methods = ("local", "offload", "neurosurgeon", "dads", "lopinfer") \
+        methods: tuple[str, ...] = ("local", "offload", "neurosurgeon", "dads", "lopinfer") \
             if self.planner == "lopinfer" else (self.planner,)
         methods += tuple(m for m in extra_methods if m not in methods)
         if "dads" in methods:

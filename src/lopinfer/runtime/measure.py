@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,7 +22,14 @@ from ..errors import RemoteError
 from ..scheduler.cost import PeerCosts
 from ..scheduler.link import transfer_samples
 from ..transports import Frame
-from .protocol import FRAME_PROBE, MAX_PROBE_BYTES, ProbeRequest, ProbeResult, Profiled, ProfileRequest
+from .protocol import (
+    FRAME_PROBE,
+    MAX_PROBE_BYTES,
+    ProbeRequest,
+    ProbeResult,
+    Profiled,
+    ProfileRequest,
+)
 
 if TYPE_CHECKING:
     from .client import Client

@@ -63,8 +63,8 @@ from ._messages import (
     register_message,
 )
 from ._options import Options
-from ._shaped import LinkShape
 from ._registry import SCHEMES, connect, event_loop_factory, listen, run
+from ._shaped import LinkShape
 from ._stats import ConnectionStatistics, LinkObserver, TransferRecord
 
 __all__ = [
