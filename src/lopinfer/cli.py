@@ -353,6 +353,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from .bench.runner import run_args
 
+    sys.stderr = sys.__stderr__  # progress and the lab's messages, as they happen
     return run_args(args)
 
 
