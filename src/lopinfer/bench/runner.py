@@ -57,23 +57,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="CSV, JSON and table only")
 
 
-def calibrate(server_cpu: int | None = None) -> float:
-    """vgg19_bn seconds on one thread of this machine (pinned to ``server_cpu``)."""
-    code = ("import time, torch, torchvision; torch.set_num_threads(1); "
-            "m = torchvision.models.vgg19_bn().eval(); x = torch.randn(1, 3, 224, 224)\n"
-            "with torch.inference_mode():\n"
-            "    m(x); ts = []\n"
-            "    for _ in range(3):\n"
-            "        s = time.perf_counter(); m(x); ts.append(time.perf_counter() - s)\n"
-            "print(sorted(ts)[1])")
-    argv = [sys.executable, "-c", code]
-    if server_cpu is not None:
-        argv = ["taskset", "-c", str(server_cpu), *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
-    if out.returncode != 0:
-        raise SystemExit(f"bench: calibration failed (needs torchvision): {out.stderr.strip()[-300:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+_VGG_TIMER = """\
+import os, sys, time, torch, torchvision
+torch.set_num_threads(1)
+m = torchvision.models.vgg19_bn().eval(); x = torch.randn(1, 3, 224, 224)
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()  # the orchestrator may throttle this process first
+with torch.inference_mode():
+    m(x); ts = []
+    for _ in range({runs}):
+        s = time.perf_counter(); m(x); ts.append(time.perf_counter() - s)
+print(sorted(ts)[len(ts) // 2], flush=True)
+"""
+
+
+def calibrate(cpu: int | None = None, *, lab: Any = None, runs: int = 3) -> float:
+    """vgg19_bn seconds on one thread of this machine (pinned to ``cpu``; in the device
+    cgroup of ``lab`` when given: the model is built unthrottled, then timed)."""
+    argv = [sys.executable, "-c", _VGG_TIMER.format(runs=runs)]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdin is not None
+    first = proc.stdout.readline().split()
+    if first[:1] == ["ready"] and lab is not None:
+        lab.throttle(int(first[1]), True)
+    out, err = proc.communicate("go\n", timeout=900)
+    if proc.returncode != 0 or first[:1] != ["ready"]:
+        raise SystemExit(f"bench: calibration failed (needs torchvision): {err.strip()[-300:]}")
+    return float(out.strip().splitlines()[-1])
+
+
+def calibrate_device(lab: Any, server_s: float, slowdown: float) -> tuple[float, float]:
+    """Set the device's share of its core so that it is ``slowdown`` times slower than
+    the server on vgg19_bn, measured (a share of 1/18 is slower than 18x in practice:
+    throttling costs more than the cycles it withholds). Returns (share, measured ratio)."""
+    share = 1.0 / slowdown
+    ratio = 0.0
+    for _ in range(2):
+        lab.set_device_share(share)
+        ratio = calibrate(lab.device_cpu, lab=lab, runs=1) / server_s
+        print(f"bench: device share {share:.4f} -> {ratio:.1f}x slower than the server",
+              file=sys.stderr)
+        if abs(ratio / slowdown - 1) < 0.1:
+            break
+        share = min(1.0, max(0.01, share * ratio / slowdown))
+    return share, ratio
 
 
 def scenarios(text: str, repeats: int) -> list[dict[str, Any]]:
@@ -122,8 +153,9 @@ def run_args(args: argparse.Namespace) -> int:
     if not use_lab:
         print(f"bench: {why if not ok else 'asked for'}: using the user-space shaped link; "
               "the device is not throttled", file=sys.stderr)
-    dilation = calibrate(1 if use_lab else None) / SEED_GPU_VGG19_BN_S \
-        if args.dilation == "auto" else float(args.dilation)
+    server_s = calibrate(1 if use_lab else None) if args.dilation == "auto" or use_lab else None
+    dilation = server_s / SEED_GPU_VGG19_BN_S if args.dilation == "auto" and server_s \
+        else float(args.dilation)
     print(f"bench: dilation {dilation:.1f} (server vgg19_bn here / {SEED_GPU_VGG19_BN_S * 1e3} ms)",
           file=sys.stderr)
     cache = out / "cache"
@@ -141,6 +173,10 @@ def run_args(args: argparse.Namespace) -> int:
         rate0 = scens[0]["rates"][0] / dilation
         with edgelab.EdgeLab(name="lopb", rate_up=rate0, rate_down=rate0,
                              device_share=1 / args.device_slowdown) as lab:
+            assert server_s is not None
+            meta["device_share"], meta["device_slowdown_measured"] = calibrate_device(
+                lab, server_s, args.device_slowdown)
+            meta["server_vgg19_bn_s"] = server_s
             server = lab.spawn_server(_serve_argv("tcp://10.77.0.2:7700"),
                                       env=_env(cache / "server"), stdout=subprocess.PIPE, text=True)
             _wait_listening(server)

@@ -368,7 +368,7 @@ class Session:
         # per plan (kept while the plan book keeps the plan): compiled programs, local
         # executors, and the plan ids the server compiled them under (per connection)
         self._programs: dict[int, tuple[Plan, Program]] = {}
-        self._executors: dict[int, TiledExecutor] = {}
+        self._executors: collections.OrderedDict[int, TiledExecutor] = collections.OrderedDict()
         self._server_plans: dict[int, tuple[Plan, Any, int]] = {}
         self._lock = asyncio.Lock()
 
@@ -515,9 +515,12 @@ class Session:
             if self._local is None:
                 self._local = TiledExecutor(self.graph, 4, min_rows=4)
             return self._local
-        known = self._executors.get(id(plan))
+        known = self._executors.pop(id(plan), None)
         if known is None or known.plan is not plan:
-            known = self._executors[id(plan)] = TiledExecutor(self.graph, plan=plan)
+            known = TiledExecutor(self.graph, plan=plan)
+        self._executors[id(plan)] = known  # most recent last
+        while len(self._executors) > 4:  # each holds its own packed weights
+            self._executors.pop(next(iter(self._executors)))
         return known
 
     async def infer(self, *inputs: torch.Tensor) -> Any:
@@ -607,13 +610,16 @@ class Session:
                            reason: str = "", t0: float | None = None) -> Any:
         t0 = time.perf_counter() if t0 is None else t0
         ex = self._local_executor(fell_back)
-        fut = self.client.worker.submit(lambda: ex(*inputs))
+        spans: list = []
+        fut = self.client.worker.submit(lambda: ex(*inputs, spans=spans))
         out = await asyncio.wrap_future(fut)
-        busy = time.perf_counter() - t0
+        latency = time.perf_counter() - t0
+        timeline = [{"peer": "client", "kind": k, "task": tid, "start": s - t0, "end": e - t0}
+                    for k, tid, s, e in spans]
         self.last_report = self._finish_report(Report(
-            latency_s=time.perf_counter() - t0, plan=ex.plan.name, fell_back=fell_back,
-            reason=reason if fell_back else "", client_busy_s=busy),
-            None if fell_back else self.plan)
+            latency_s=latency, plan=ex.plan.name, fell_back=fell_back,
+            reason=reason if fell_back else "", client_busy_s=sum(e - s for _, _, s, e in spans),
+            timeline=timeline), None if fell_back else self.plan)
         return out
 
     async def _infer_remote(self, inputs: tuple[torch.Tensor, ...]) -> Any:

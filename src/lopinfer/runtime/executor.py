@@ -83,14 +83,22 @@ class TiledExecutor:
             if tid not in skip
         ]
 
-    def __call__(self, *inputs: torch.Tensor) -> Any:
+    def __call__(self, *inputs: torch.Tensor, spans: list | None = None) -> Any:
+        """Run once; with ``spans``, append ``(kind, task id, start, end)`` per task
+        (``time.perf_counter`` seconds), the shape of a peer run's compute spans."""
         check_inputs(self.graph, inputs)
         store: list[Any] = [None] * len(self.tasks)
         for tid, x in zip(self.program.inputs, inputs):
             store[tid] = x
+        clock = time.perf_counter
         with torch.inference_mode():
             for tid, fn, readers, frees in self._steps:
-                store[tid] = fn(*[r(store) for r in readers])
+                if spans is None:
+                    store[tid] = fn(*[r(store) for r in readers])
+                else:
+                    s = clock()
+                    store[tid] = fn(*[r(store) for r in readers])
+                    spans.append((self.tasks[tid].kind, tid, s, clock()))
                 for f in frees:
                     store[f] = None
         return pack_outputs(self.graph, [store[tid] for tid in self.program.outputs])

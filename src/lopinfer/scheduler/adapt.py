@@ -19,7 +19,8 @@ from ..graph import Graph
 from .cost import CostModel
 from .energy import Objective
 from .link import Hysteresis
-from .planners import Scored, plan_all, plan_lopinfer
+from .plan import Plan
+from .planners import Scored, plan_all, plan_key, plan_lopinfer
 
 __all__ = ["PlanBook", "Choice", "bandwidth_grid"]
 
@@ -62,6 +63,10 @@ class PlanBook:
         self.grid = sorted(grid or bandwidth_grid(cost.up.bandwidth))
         self.ratio = cost.down.bandwidth / cost.up.bandwidth
         self._plans: dict[int, dict[str, Scored]] = {}
+        # equal plans planned at different bandwidths are one object, so a session's
+        # per-plan caches (programs, executors with packed weights, server plan ids)
+        # hit, and moving between grid points that share a plan switches nothing
+        self._interned: dict[tuple, Plan] = {}
         self._lock = threading.Lock()
         self._hyst: dict[str, Hysteresis] = {}
         self.margin = margin
@@ -83,6 +88,8 @@ class PlanBook:
             plans["lopinfer-energy"] = plan_lopinfer(self.graph, cost, goal,
                                                      baselines=list(plans.values()))
         with self._lock:
+            for scored in plans.values():  # one Plan object per distinct plan, grid-wide
+                scored.plan = self._interned.setdefault(plan_key(scored.plan), scored.plan)
             return self._plans.setdefault(index, plans)
 
     def nearest(self, bandwidth: float) -> int:

@@ -27,7 +27,7 @@ from .energy import Objective, device_energy, score
 from .plan import WHOLE, NodeRows, Plan
 from .simulator import Prediction, lower_bound, simulate
 
-__all__ = ["Scored", "evaluate", "PLANNERS", "plan_all", "partition_cost"]
+__all__ = ["Scored", "evaluate", "PLANNERS", "plan_all", "partition_cost", "plan_key"]
 
 
 @dataclass
@@ -51,9 +51,15 @@ _PROGRAMS_LOCK = threading.Lock()
 _PROGRAMS_MAX = 4096
 
 
+def plan_key(plan: Plan) -> tuple:
+    """What a plan computes where (its rows and input pieces), names aside: equal keys,
+    equal programs."""
+    return (tuple(sorted(plan.input_edges.items())),
+            tuple((k, v.client, v.server) for k, v in plan.nodes.items()))
+
+
 def _compiled(graph: Graph, plan: Plan) -> Program:
-    key = (id(graph), tuple(sorted(plan.input_edges.items())),
-           tuple((k, v.client, v.server) for k, v in plan.nodes.items()))
+    key = (id(graph), *plan_key(plan))
     with _PROGRAMS_LOCK:
         hit = _PROGRAMS.get(key)
         if hit is not None and hit[0] is graph:
