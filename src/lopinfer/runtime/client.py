@@ -519,7 +519,7 @@ class Session:
         if known is None or known.plan is not plan:
             known = TiledExecutor(self.graph, plan=plan)
         self._executors[id(plan)] = known  # most recent last
-        while len(self._executors) > 4:  # each holds its own packed weights
+        while len(self._executors) > 8:  # each holds its own packed weights
             self._executors.pop(next(iter(self._executors)))
         return known
 

@@ -54,8 +54,9 @@ _PROGRAMS_MAX = 4096
 def plan_key(plan: Plan) -> tuple:
     """What a plan computes where (its rows and input pieces), names aside: equal keys,
     equal programs."""
-    return (tuple(sorted(plan.input_edges.items())),
-            tuple((k, v.client, v.server) for k, v in plan.nodes.items()))
+    # input pieces matter only when something runs on the server
+    edges = tuple(sorted(plan.input_edges.items())) if plan.uses_server() else ()
+    return (edges, tuple((k, v.client, v.server) for k, v in plan.nodes.items()))
 
 
 def _compiled(graph: Graph, plan: Plan) -> Program:
