@@ -143,8 +143,10 @@ async def run(spec: dict) -> None:
                     rate = scen["rates"][rep % len(scen["rates"])]
                     if rep == 0 or len(scen["rates"]) > 1:
                         control.set_rate(rate / dil, rate / dil)
+                        # every method starts from the same fresh estimate: interleaved
+                        # methods would otherwise inherit each other's stale samples
+                        await session.remeasure_link()
                     if rep == 0 and scen["kind"] == "fixed":
-                        await session.remeasure_link()  # a new fixed link: measured afresh
                         await session.use_planner(methods[0])
                         await session.infer(x)  # untimed: the link's first inference
                     order = methods[rep % len(methods):] + methods[:rep % len(methods)]
