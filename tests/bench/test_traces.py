@@ -50,7 +50,7 @@ def test_traces_vary_in_time():
 
 @pytest.mark.parametrize("kind", ["indoor", "outdoor"])
 def test_committed_traces(kind):
-    path = ROOT / "benchmarks" / "traces" / f"seed-{kind}.csv"
+    path = ROOT / "src" / "lopinfer" / "bench" / "data" / f"seed-{kind}.csv"
     trace = traces.load(path)
     assert len(trace) == 300 and trace[0][0] == 0.0
     _assert_targets(trace, kind)
@@ -61,7 +61,7 @@ def test_make_traces_reproduces_committed_files(tmp_path):
                    check=True, capture_output=True, timeout=60)
     for kind in ("indoor", "outdoor"):
         name = f"seed-{kind}.csv"
-        assert (tmp_path / name).read_bytes() == (ROOT / "benchmarks" / "traces" / name).read_bytes()
+        assert (tmp_path / name).read_bytes() == (ROOT / "src" / "lopinfer" / "bench" / "data" / name).read_bytes()
 
 
 def test_save_load_roundtrip(tmp_path):

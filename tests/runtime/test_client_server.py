@@ -143,8 +143,10 @@ def test_server_killed_mid_inference_finishes_locally():
     ref = reference(model, x)
 
     async def main():
+        graph = lopinfer.capture(model, (x,))
         async with loopback("tcp", peer_timeout=20) as client:
-            session = await client.deploy(model, (x,))
+            # a plan that needs the server (the planner may rightly keep it local here)
+            session = await client.deploy(graph, None, plan=offload_plan(graph, 4))
             assert_exact(await session.infer(x), ref)
             # stop the server process right after the inference starts
             proc = client.server_process

@@ -31,7 +31,7 @@ from typing import Any
 
 SEED_GPU_VGG19_BN_S = 4.8e-3  # the research testbed's server, vgg19_bn, batch 1
 SEED_DEVICE_SLOWDOWN = 18.0  # its robot: 87 ms for the same model
-TRACE_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "traces"
+TRACE_DIR = Path(__file__).resolve().parent / "data"  # shipped with the package
 METHODS = ("local", "offload", "neurosurgeon", "dads", "lopinfer")
 
 __all__ = ["add_arguments", "run_args", "calibrate", "scenarios"]
