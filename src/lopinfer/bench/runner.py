@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -90,20 +91,29 @@ def calibrate(cpu: int | None = None, *, lab: Any = None, runs: int = 3) -> floa
     return float(out.strip().splitlines()[-1])
 
 
-def calibrate_device(lab: Any, server_s: float, slowdown: float) -> tuple[float, float]:
+def calibrate_device(lab: Any, server_s: float, slowdown: float,
+                     rounds: int = 4) -> tuple[float, float]:
     """Set the device's share of its core so that it is ``slowdown`` times slower than
-    the server on vgg19_bn, measured (a share of 1/18 is slower than 18x in practice:
-    throttling costs more than the cycles it withholds). Returns (share, measured ratio)."""
-    share = 1.0 / slowdown
+    the server on vgg19_bn, measured. Throttling is far from linear (a share of 1/18 made
+    it 39x to 72x slower here: caches and TLBs go cold every period), so the share is
+    searched: a secant step in log-log space after the first guess, until within 10%.
+    Returns (share, measured ratio)."""
+    share, alpha = 1.0 / slowdown, 1.0
+    seen: list[tuple[float, float]] = []
     ratio = 0.0
-    for _ in range(2):
+    for _ in range(rounds):
         lab.set_device_share(share)
         ratio = calibrate(lab.device_cpu, lab=lab, runs=1) / server_s
         print(f"bench: device share {share:.4f} -> {ratio:.1f}x slower than the server",
               file=sys.stderr)
         if abs(ratio / slowdown - 1) < 0.1:
             break
-        share = min(1.0, max(0.01, share * ratio / slowdown))
+        seen.append((share, ratio))
+        if len(seen) >= 2:
+            (s1, r1), (s2, r2) = seen[-2], seen[-1]
+            if s1 != s2 and r1 != r2:
+                alpha = min(4.0, max(0.5, -math.log(r2 / r1) / math.log(s2 / s1)))
+        share = min(1.0, max(0.01, share * (ratio / slowdown) ** (1 / alpha)))
     return share, ratio
 
 
