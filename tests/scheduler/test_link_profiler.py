@@ -63,3 +63,20 @@ def test_profile_predicts_the_measured_local_time(tmp_path, monkeypatch):
     assert pred > 0
     assert_exact(TiledExecutor(g, 1)(x), reference(model, x))
     assert torch.is_tensor(x)
+
+
+def test_a_torn_profile_cache_file_is_measured_again(tmp_path, monkeypatch):
+    # In loopback both peers share the cache directory; a reader must never fail on a
+    # file another process is writing (CI saw "Extra data" from a half-read file).
+    monkeypatch.setenv("LOPINFER_CACHE", str(tmp_path))
+    monkeypatch.setattr("lopinfer.scheduler.profiler._MEMO", {})
+    model, x = REFERENCE_NETS["vgg"]()
+    g = lopinfer.capture(model, (x,))
+    first = profile(g, (x,), repeats=1)
+    (path,) = tmp_path.rglob("*.json")
+    path.write_text(costs_to_json(first) + costs_to_json(first)[:40])  # torn: extra data
+    monkeypatch.setattr("lopinfer.scheduler.profiler._MEMO", {})
+    again = profile(g, (x,), repeats=1)
+    assert set(again.nodes) == set(first.nodes)
+    assert costs_from_json(path.read_text()).nodes == again.nodes  # rewritten whole
+    assert not list(tmp_path.rglob("*.tmp"))

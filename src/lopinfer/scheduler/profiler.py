@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -86,9 +87,11 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
         if key in _MEMO:
             return _MEMO[key]
         path = _cache_dir() / f"{key[0][:32]}-{key[1]}-{key[2]}.json"
-        if path.exists():
+        try:
             _MEMO[key] = costs_from_json(path.read_text())
             return _MEMO[key]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # absent, or unreadable: profile again and rewrite it
     if inputs is None:
         inputs = tuple(torch.randn(m.shape).to(m.dtype) if m.dtype.is_floating_point
                        else torch.zeros(m.shape, dtype=m.dtype) for m in graph.inputs.values())
@@ -124,7 +127,11 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
         try:
             d = _cache_dir()
             d.mkdir(parents=True, exist_ok=True)
-            (d / f"{key[0][:32]}-{key[1]}-{key[2]}.json").write_text(costs_to_json(costs))
+            # Write then rename: another process (the other peer in loopback) may be
+            # reading the same file, and must see all of it or none of it.
+            tmp = d / f".{key[0][:32]}-{key[1]}-{key[2]}.{os.getpid()}.{threading.get_ident()}.tmp"
+            tmp.write_text(costs_to_json(costs))
+            os.replace(tmp, d / f"{key[0][:32]}-{key[1]}-{key[2]}.json")
         except OSError:
             pass  # a read-only home: the in-memory cache still serves this process
     return costs
