@@ -40,20 +40,25 @@ class PipeControl:
         self.up = self.down = 0.0
 
     def set_rate(self, up: float, down: float) -> None:
-        print("@@" + json.dumps({"op": "rate", "up": up, "down": down}), flush=True)
-        answer = sys.stdin.readline().strip()
-        if answer != "ok":
-            raise RuntimeError(f"the orchestrator refused the rate change: {answer!r}")
+        self._ask({"op": "rate", "up": up, "down": down})
         self.up, self.down = up, down
 
     def shape(self) -> LinkShape | None:
         return None
 
     def throttle(self, on: bool) -> None:
-        print("@@" + json.dumps({"op": "throttle", "on": on, "pid": os.getpid()}), flush=True)
+        self._ask({"op": "throttle", "on": on, "pid": os.getpid()})
+
+    def set_share(self, share: float | None) -> None:
+        if share is not None:  # calibrated for the model about to run
+            self._ask({"op": "share", "share": share})
+
+    @staticmethod
+    def _ask(msg: dict) -> None:
+        print("@@" + json.dumps(msg), flush=True)
         answer = sys.stdin.readline().strip()
         if answer != "ok":
-            raise RuntimeError(f"the orchestrator refused to throttle: {answer!r}")
+            raise RuntimeError(f"the orchestrator refused {msg['op']}: {answer!r}")
 
 
 class ShapeControl:
@@ -70,6 +75,9 @@ class ShapeControl:
 
     def throttle(self, on: bool) -> None:
         pass  # no cgroup without the edge lab
+
+    def set_share(self, share: float | None) -> None:
+        pass
 
 
 def _say(text: str) -> None:
@@ -113,6 +121,7 @@ async def run(spec: dict) -> None:
         _say(f"{loaded.name}: profiling here and on the server, probing, planning")
         t0 = time.perf_counter()
         graph = await asyncio.to_thread(lopinfer.capture, model, (x,))
+        control.set_share(m.get("device_share"))
         control.throttle(True)  # the device's costs are measured as the device is
         mine = await asyncio.to_thread(profile, graph, tiles=(1, 4), repeats=1, name="device")
         control.throttle(False)  # planning is deploy-time work, not in any latency
@@ -157,6 +166,7 @@ async def run(spec: dict) -> None:
                                                     atol=1e-5 * float(ref.abs().max())))
                         rec = _record(spec, loaded.name, method, scen, rate, rep,
                                       session.last_report, exact)
+                        rec["device_share"] = m.get("device_share")
                         with out.open("a") as f:
                             f.write(json.dumps(rec) + "\n")
                         _say(f"{loaded.name} {scen['name']} rep {rep} {method}: "

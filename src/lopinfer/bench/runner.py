@@ -32,6 +32,7 @@ from typing import Any
 
 SEED_GPU_VGG19_BN_S = 4.8e-3  # the research testbed's server, vgg19_bn, batch 1
 SEED_DEVICE_SLOWDOWN = 18.0  # its robot: 87 ms for the same model
+SEED_MODEL = "torchvision:vgg19_bn"
 TRACE_DIR = Path(__file__).resolve().parent / "data"  # shipped with the package
 METHODS = ("local", "offload", "neurosurgeon", "dads", "lopinfer")
 
@@ -53,29 +54,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time dilation: 'auto' (measure vgg19_bn here) or a number")
     p.add_argument("--device-slowdown", type=float, default=SEED_DEVICE_SLOWDOWN,
                    help="how much slower the device is than the server (edge lab only)")
+    p.add_argument("--calibrate", choices=("per-model", "vgg19_bn"), default="per-model",
+                   help="edge lab: search the device's share for each model (default), or "
+                        "once on vgg19_bn for all")
     p.add_argument("--device-profile", default="jetson-xavier-nx", help="device power model")
     p.add_argument("--input-shape", default=None, help="input shape for every model, e.g. 1,3,224,224")
     p.add_argument("--no-plots", action="store_true", help="CSV, JSON and table only")
 
 
-_VGG_TIMER = """\
-import os, sys, time, torch, torchvision
+_TIMER = """\
+import os, sys, time, torch
+from lopinfer.models import load_model
 torch.set_num_threads(1)
-m = torchvision.models.vgg19_bn().eval(); x = torch.randn(1, 3, 224, 224)
+loaded = load_model({model!r})
+m = loaded.module; x = torch.randn(loaded.example_shape({shape!r}))
 print("ready", os.getpid(), flush=True)
 sys.stdin.readline()  # the orchestrator may throttle this process first
 with torch.inference_mode():
     m(x); ts = []
-    for _ in range({runs}):
+    while len(ts) < {runs} or (sum(ts) < 2.0 and len(ts) < 25):  # fast models: more runs
         s = time.perf_counter(); m(x); ts.append(time.perf_counter() - s)
 print(sorted(ts)[len(ts) // 2], flush=True)
 """
 
 
-def calibrate(cpu: int | None = None, *, lab: Any = None, runs: int = 3) -> float:
-    """vgg19_bn seconds on one thread of this machine (pinned to ``cpu``; in the device
-    cgroup of ``lab`` when given: the model is built unthrottled, then timed)."""
-    argv = [sys.executable, "-c", _VGG_TIMER.format(runs=runs)]
+def calibrate(cpu: int | None = None, *, lab: Any = None, runs: int = 3,
+              model: str = SEED_MODEL, input_shape: list[int] | None = None) -> float:
+    """Median seconds of one inference of ``model`` on one thread of this machine
+    (pinned to ``cpu``; in the device cgroup of ``lab`` when given: the model is built
+    unthrottled, then timed). At least ``runs`` runs, more for fast models."""
+    argv = [sys.executable, "-c", _TIMER.format(runs=runs, model=model, shape=input_shape)]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -87,24 +95,28 @@ def calibrate(cpu: int | None = None, *, lab: Any = None, runs: int = 3) -> floa
         lab.throttle(int(first[1]), True)
     out, err = proc.communicate("go\n", timeout=900)
     if proc.returncode != 0 or first[:1] != ["ready"]:
-        raise SystemExit(f"bench: calibration failed (needs torchvision): {err.strip()[-300:]}")
+        raise SystemExit(f"bench: timing {model} failed: {err.strip()[-300:]}")
     return float(out.strip().splitlines()[-1])
 
 
-def calibrate_device(lab: Any, server_s: float, slowdown: float,
-                     rounds: int = 4) -> tuple[float, float]:
+def calibrate_device(lab: Any, server_s: float, slowdown: float, rounds: int = 4, *,
+                     model: str = SEED_MODEL, input_shape: list[int] | None = None,
+                     ) -> tuple[float, float]:
     """Set the device's share of its core so that it is ``slowdown`` times slower than
-    the server on vgg19_bn, measured. Throttling is far from linear (a share of 1/18 made
-    it 39x to 72x slower here: caches and TLBs go cold every period), so the share is
-    searched: a secant step in log-log space after the first guess, until within 10%.
-    Returns (share, measured ratio)."""
+    the server on ``model`` (``server_s``: the server's time for it), measured.
+    Throttling is far from linear and hits models differently (a share of 1/18 made
+    vgg19_bn 39x to 72x slower here, and a share tuned on vgg19_bn made
+    mobilenet_v3_large far slower still: caches go cold every period and small kernels
+    suffer most), so the share is searched per model: a secant step in log-log space
+    after the first guess, until within 10%. Returns (share, measured ratio)."""
     share, alpha = 1.0 / slowdown, 1.0
     seen: list[tuple[float, float]] = []
     ratio = 0.0
     for _ in range(rounds):
         lab.set_device_share(share)
-        ratio = calibrate(lab.device_cpu, lab=lab, runs=1) / server_s
-        print(f"bench: device share {share:.4f} -> {ratio:.1f}x slower than the server",
+        ratio = calibrate(lab.device_cpu, lab=lab, runs=1, model=model,
+                          input_shape=input_shape) / server_s
+        print(f"bench: {model}: device share {share:.4f} -> {ratio:.1f}x slower than the server",
               file=sys.stderr)
         if abs(ratio / slowdown - 1) < 0.1:
             break
@@ -176,7 +188,6 @@ def run_args(args: argparse.Namespace) -> int:
     meta = {"command": " ".join(sys.argv), "models": models, "methods": methods,
             "scenarios": [s["name"] for s in scens], "dilation": dilation,
             "lab": "edgelab" if use_lab else "userspace",
-            "device_share": 1 / args.device_slowdown if use_lab else 1.0,
             "repeats": args.repeats, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     total = len(models) * len(methods) * len(scens) * args.repeats
     if use_lab:
@@ -184,9 +195,8 @@ def run_args(args: argparse.Namespace) -> int:
         with edgelab.EdgeLab(name="lopb", rate_up=rate0, rate_down=rate0,
                              device_share=1 / args.device_slowdown) as lab:
             assert server_s is not None
-            meta["device_share"], meta["device_slowdown_measured"] = calibrate_device(
-                lab, server_s, args.device_slowdown)
             meta["server_vgg19_bn_s"] = server_s
+            meta["calibration"] = _calibrate_models(lab, spec["models"], server_s, args)
             server = lab.spawn_server(_serve_argv("tcp://10.77.0.2:7700"),
                                       env=_env(cache / "server"), stdout=subprocess.PIPE, text=True)
             _wait_listening(server)
@@ -208,6 +218,28 @@ def run_args(args: argparse.Namespace) -> int:
     print(table(summarise(records)))
     print(f"\nwrote {', '.join(str(p) for p in wrote.values())}", file=sys.stderr)
     return 0
+
+
+def _calibrate_models(lab: Any, models: list[dict], server_vgg_s: float,
+                      args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The device share of each model (written into its spec entry): searched on that
+    model against the server's time for it, or once on vgg19_bn (``--calibrate
+    vgg19_bn``) for every model."""
+    out: dict[str, dict[str, Any]] = {}
+    if args.calibrate == "vgg19_bn":
+        share, ratio = calibrate_device(lab, server_vgg_s, args.device_slowdown)
+        for m in models:
+            m["device_share"] = share
+            out[m["spec"]] = {"share": share, "slowdown": ratio, "on": SEED_MODEL}
+        return out
+    for m in models:
+        server_s = server_vgg_s if m["spec"] == SEED_MODEL and not m["input_shape"] else \
+            calibrate(lab.server_cpu, model=m["spec"], input_shape=m["input_shape"])
+        share, ratio = calibrate_device(lab, server_s, args.device_slowdown,
+                                        model=m["spec"], input_shape=m["input_shape"])
+        m["device_share"] = share
+        out[m["spec"]] = {"share": share, "slowdown": ratio, "server_s": server_s}
+    return out
 
 
 def _shape(text: str | None) -> list[int] | None:
@@ -248,6 +280,8 @@ def _drive(lab: Any, spec: dict, out: Path, cache: Path, total: int) -> None:
             msg = json.loads(line[2:])
             if lab is not None and msg["op"] == "rate":
                 lab.set_rate(up=msg["up"], down=msg["down"])
+            elif lab is not None and msg["op"] == "share":
+                lab.set_device_share(msg["share"])
             elif lab is not None and msg["op"] == "throttle":
                 lab.throttle(msg["pid"], msg["on"])
             proc.stdin.write("ok\n")
