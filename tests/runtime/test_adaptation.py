@@ -116,3 +116,41 @@ def test_server_profile_is_cached_by_content(tmp_path, monkeypatch):
     b = profile(lopinfer.capture(model, (x,)), repeats=1)
     assert a is b  # the same content: measured once
     assert list(tmp_path.rglob("*.json"))
+
+
+@pytest.mark.skipif(not __import__("lopinfer.transports", fromlist=["HAVE_LZ4"]).HAVE_LZ4,
+                    reason="needs the lz4 package (extra 'lz4')")
+def test_predicted_wire_bytes_match_what_the_transport_sends():
+    """A post-ReLU value crosses a slow link: the transport compresses it, and the cost
+    model (the profile's measured ratio, the transport's own rule) predicts the bytes
+    that went on the wire."""
+    import torch
+
+    from lopinfer.scheduler.builders import cut_plan
+    from lopinfer.scheduler.planners import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 4, 3, padding=1)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    ref = reference(model, x)
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            async with connect(url, link_shape=LinkShape(1e6, 1e6)) as client:
+                session = await client.deploy(model, (x,))
+                plan = cut_plan(session.graph, 2, 4)  # the ReLU output goes up in 4 tiles
+                await session.use_plan(plan)
+                assert_exact(await session.infer(x), ref)  # the compressor learns the stream
+                before = client.conn.statistics()
+                assert_exact(await session.infer(x), ref)
+                after = client.conn.statistics()
+                pred = evaluate(session.graph, plan, session.cost, session.objective).prediction
+                return pred, after.wire_bytes_sent - before.wire_bytes_sent, \
+                    after.compressed_sent - before.compressed_sent
+
+    pred, sent, compressed = _run(main())
+    assert compressed >= 4  # every tile of the ReLU output went compressed
+    assert pred.wire_up < 0.8 * pred.bytes_up  # and the model said it would
+    assert sent == pytest.approx(pred.wire_up, rel=0.15)  # + headers and control messages

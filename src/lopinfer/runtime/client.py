@@ -422,9 +422,9 @@ class Session:
         assert ccosts is not None
         probe = await probe_link(client)
         self._seed_link(probe)
-        self.cost = CostModel(ccosts, theirs, Link(probe.up, probe.rtt / 2),
-                              Link(probe.down, probe.rtt / 2),
-                              info={"probe": repr(probe)})
+        self.cost = CostModel(ccosts, theirs, Link(probe.up, probe.rtt / 2, probe.up_frame_s),
+                              Link(probe.down, probe.rtt / 2, probe.down_frame_s),
+                              info={"probe": repr(probe)}, compression=self._compression())
         assert self.planner is not None
         methods: tuple[str, ...] = ("local", "offload", "neurosurgeon", "dads", "lopinfer") \
             if self.planner == "lopinfer" else (self.planner,)
@@ -622,11 +622,23 @@ class Session:
             timeline=timeline), None if fell_back else self.plan)
         return out
 
+    def _compression(self) -> str:
+        """The LZ4 mode of this client's connections (what the cost model assumes)."""
+        return str(self.client.options.get("compression", "auto"))
+
+    def _lz4_bandwidth(self) -> float:
+        """The up rate the transport's LZ4 decision uses: this session's estimate, the
+        rate the planner assumed, so that frames are compressed as the plan predicted."""
+        est = self.up.bandwidth or (self.cost.up.bandwidth if self.cost is not None else None)
+        return float(est) if est else float("inf")
+
     async def _infer_remote(self, inputs: tuple[torch.Tensor, ...]) -> Any:
         client = self.client
         loop = asyncio.get_running_loop()
         program = self.program
         assert program is not None
+        if client.conn is not None:
+            client.conn.bandwidth_estimate = self._lz4_bandwidth
         iid = next(client._ids)
         pending = _Pending(loop)
         outbox: asyncio.Queue = asyncio.Queue()

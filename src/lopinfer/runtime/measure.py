@@ -6,7 +6,8 @@
   sends the fitted costs back (``Profiled``);
 - the link: an active probe (a burst of incompressible frames each way, sized up
   until a burst takes long enough to measure) and the round trip of a tiny request.
-  Bandwidth comes only from these transfers, never from OS settings.
+  Bandwidth comes only from these transfers, never from OS settings. The link's own
+  per-frame cost is the intercept of seconds against bytes over every burst size.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .protocol import (
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["LinkProbe", "probe_link", "server_costs"]
+__all__ = ["LinkProbe", "probe_link", "server_costs", "frame_intercept"]
 
 
 @dataclass
@@ -47,6 +48,8 @@ class LinkProbe:
     up_samples: list[tuple[int, float]]
     down_samples: list[tuple[int, float]]
     seconds: float
+    up_frame_s: float = 0.0  # per-frame seconds beyond bytes / bandwidth (fitted)
+    down_frame_s: float = 0.0
 
     def __repr__(self) -> str:
         return (f"<LinkProbe up={self.up / 1e6:.3g} MB/s down={self.down / 1e6:.3g} MB/s "
@@ -70,6 +73,20 @@ def _rate(samples: list[tuple[int, float]]) -> float | None:
     return statistics.median(rates) if rates else None
 
 
+def frame_intercept(samples: list[tuple[int, float]], *, cap: float = 5e-3) -> float:
+    """Per-frame seconds: the intercept of a least-squares line of seconds against
+    bytes, over at least two frame sizes; 0 when it cannot be told (one size, or a
+    negative intercept: the cost is below what these frames can resolve)."""
+    pts = [(float(n), s) for n, s in samples if s > 0]
+    if len({n for n, _ in pts}) < 2:
+        return 0.0
+    mx = statistics.fmean(n for n, _ in pts)
+    my = statistics.fmean(s for _, s in pts)
+    var = sum((n - mx) ** 2 for n, _ in pts)
+    slope = sum((n - mx) * (s - my) for n, s in pts) / var
+    return min(max(my - slope * mx, 0.0), cap)
+
+
 async def probe_link(client: Client, *, frames: int = 3, start_bytes: int = 32 << 10,
                      min_seconds: float = 0.05, max_seconds: float = 2.0) -> LinkProbe:
     """Measure the link: round trip of an empty probe, then bursts of ``frames``
@@ -89,6 +106,8 @@ async def probe_link(client: Client, *, frames: int = 3, start_bytes: int = 32 <
                                   ProbeResult)
             rtts.append(time.perf_counter() - t0)
         size = start_bytes
+        every_up: list[tuple[int, float]] = []
+        every_down: list[tuple[int, float]] = []
         while True:
             records.clear()
             noise = torch.randint(0, 256, (size,), dtype=torch.uint8)  # LZ4 cannot shrink it
@@ -100,6 +119,8 @@ async def probe_link(client: Client, *, frames: int = 3, start_bytes: int = 32 <
             up_s = [(int(n), float(s)) for n, s in reply.up_samples]
             down_s = transfer_samples(records)
             up, down = _rate(up_s), _rate(down_s)
+            every_up += up_s
+            every_down += down_s
             slowest = max((s for _, s in up_s + down_s), default=0.0)
             spent = time.perf_counter() - t_start
             if (slowest >= min_seconds or size * 8 > MAX_PROBE_BYTES
@@ -113,5 +134,6 @@ async def probe_link(client: Client, *, frames: int = 3, start_bytes: int = 32 <
         # too fast to time a frame (a loopback link): call it what the bytes allowed
         fallback = size / max(min(rtts), 1e-6)
         up, down = up or fallback, down or fallback
-    return LinkProbe(up, down, rtt, up_s, down_s, time.perf_counter() - t_start)
+    return LinkProbe(up, down, rtt, up_s, down_s, time.perf_counter() - t_start,
+                     frame_intercept(every_up), frame_intercept(every_down))
 

@@ -4,7 +4,17 @@ A node's cost on a peer is ``fixed + per_row * rows`` (a fitted line; a global n
 is one "row"). Costs come from a profile measured on the peer (see
 :mod:`lopinfer.scheduler.profiler`) or, before any profile, from FLOPs at a nominal
 speed. The link is one FIFO per direction: a frame of ``n`` bytes occupies it for
-``frame_overhead + n / bandwidth`` and arrives ``latency`` later.
+
+    link.frame_overhead + sender.frame_cpu + receiver.frame_cpu
+      + n * (sender.codec_per_byte + receiver.codec_per_byte)
+      [+ n * (sender.lz4_per_byte + receiver.unlz4_per_byte)]   when LZ4 pays
+      + wire_bytes / bandwidth
+
+and arrives ``latency`` later. The peers' parts are measured by their profiles; the
+link's own per-frame part is fitted from the deploy's probe. Whether a frame is
+compressed follows the transport's own rule (:class:`~lopinfer.transports.AdaptiveCompressor`)
+with the ratio the profile measured on that value, so ``wire_bytes`` is ``n * ratio``
+when LZ4 pays and ``n`` otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..graph import Graph
+from ..transports import _compress as lz4rule  # the transport's own LZ4 rule
 
 __all__ = ["NodeCost", "PeerCosts", "Link", "CostModel", "flop_costs"]
 
@@ -36,6 +47,14 @@ class PeerCosts:
     nodes: dict[str, NodeCost]
     copy_per_byte: float = 1e-10  # gathers and halo concatenations
     name: str = ""
+    # The wire, as this peer pays for it (0 where not measured): CPU per frame sent or
+    # received, per byte encoded or decoded, per byte LZ4-compressed or decompressed.
+    frame_cpu: float = 0.0
+    codec_per_byte: float = 0.0
+    lz4_per_byte: float = 0.0
+    unlz4_per_byte: float = 0.0
+    #: value name -> LZ4 compressed size over raw size, measured on its output
+    lz4_ratio: dict[str, float] = field(default_factory=dict)
 
     def task(self, node: str, rows: int) -> float:
         c = self.nodes.get(node)
@@ -45,7 +64,10 @@ class PeerCosts:
         """The same peer ``factor`` times slower (>1) or faster (<1)."""
         return PeerCosts({k: NodeCost(v.fixed * factor, v.per_row * factor)
                           for k, v in self.nodes.items()},
-                         self.copy_per_byte * factor, name or self.name)
+                         self.copy_per_byte * factor, name or self.name,
+                         self.frame_cpu * factor, self.codec_per_byte * factor,
+                         self.lz4_per_byte * factor, self.unlz4_per_byte * factor,
+                         dict(self.lz4_ratio))
 
 
 @dataclass
@@ -54,9 +76,12 @@ class Link:
 
     bandwidth: float  # bytes per second
     latency: float = 0.0005  # one-way, seconds
-    frame_overhead: float = 30e-6  # sender + receiver per-frame cost, seconds
+    # per-frame cost beyond what the peers' profiles measured (network stack, protocol);
+    # the default stands for everything when no profile measured the wire
+    frame_overhead: float = 30e-6
 
     def frame_time(self, nbytes: int) -> float:
+        """Seconds a raw frame occupies this direction, peers' costs aside."""
         return self.frame_overhead + nbytes / self.bandwidth
 
 
@@ -69,6 +94,7 @@ class CostModel:
     up: Link
     down: Link
     info: dict[str, Any] = field(default_factory=dict)
+    compression: str = "auto"  # the transport's LZ4 mode: "auto", "always" or "off"
 
     def peer(self, name: str) -> PeerCosts:
         return self.client if name == "client" else self.server
@@ -80,7 +106,35 @@ class CostModel:
         return CostModel(self.client, self.server,
                          Link(up, self.up.latency, self.up.frame_overhead),
                          Link(down if down is not None else up, self.down.latency,
-                              self.down.frame_overhead), dict(self.info))
+                              self.down.frame_overhead), dict(self.info), self.compression)
+
+    def transfer(self, receiver: str, nbytes: int, value: str | None = None) -> tuple[float, int]:
+        """(seconds a frame of ``nbytes`` raw bytes of ``value`` occupies the direction
+        towards ``receiver``, bytes it puts on the wire)."""
+        link = self.link_to(receiver)
+        src, dst = (self.client, self.server) if receiver == "server" else (self.server, self.client)
+        cpu = src.frame_cpu + dst.frame_cpu + nbytes * (src.codec_per_byte + dst.codec_per_byte)
+        wire = nbytes
+        ratio = None if value is None else src.lz4_ratio.get(value, dst.lz4_ratio.get(value))
+        if ratio is not None and self._compresses(nbytes, ratio, link.bandwidth, src, dst):
+            wire = int(nbytes * ratio)
+            cpu += nbytes * ((src.lz4_per_byte or 1 / lz4rule.SPEED_PRIOR)
+                             + (dst.unlz4_per_byte or 1 / lz4rule.DECOMPRESS_SPEED_PRIOR))
+        return link.frame_overhead + cpu + wire / link.bandwidth, wire
+
+    def _compresses(self, n: int, ratio: float, bandwidth: float,
+                    src: PeerCosts, dst: PeerCosts) -> bool:
+        """The transport's decision (``AdaptiveCompressor``) once it has learnt the ratio."""
+        if self.compression == "off" or not lz4rule.HAVE_LZ4 or n < lz4rule.DEFAULT_MIN_SIZE:
+            return False
+        if ratio >= lz4rule.MIN_GAIN:
+            return False  # tried, did not shrink enough: sent raw
+        if self.compression == "always":
+            return True
+        overhead = ((src.lz4_per_byte or 1 / lz4rule.SPEED_PRIOR)
+                    + (dst.unlz4_per_byte or 1 / lz4rule.DECOMPRESS_SPEED_PRIOR))
+        t_raw = 1 / bandwidth
+        return overhead < t_raw * lz4rule.MARGIN and overhead + ratio * t_raw < t_raw * lz4rule.MARGIN
 
 
 def flop_costs(graph: Graph, flops_per_s: float, *, per_call: float = 20e-6,

@@ -77,8 +77,8 @@ def _compiled(graph: Graph, plan: Plan) -> Program:
 def evaluate(graph: Graph, plan: Plan, cost: CostModel, objective: Objective) -> Scored:
     prog = _compiled(graph, plan)
     pred = simulate(prog, cost)
-    up_s = pred.frames_up * cost.up.frame_overhead + pred.bytes_up / cost.up.bandwidth
-    down_s = pred.frames_down * cost.down.frame_overhead + pred.bytes_down / cost.down.bandwidth
+    up_s = pred.frames_up * cost.up.frame_overhead + pred.wire_up / cost.up.bandwidth  # radio on
+    down_s = pred.frames_down * cost.down.frame_overhead + pred.wire_down / cost.down.bandwidth
     energy = device_energy(pred.latency_s, pred.client_busy_s, up_s, down_s, objective.profile)
     return Scored(plan, pred, energy, lower_bound(prog, cost))
 
@@ -127,9 +127,9 @@ def partition_cost(graph: Graph, client: set[str], cost: CostModel) -> float:
     for value, where in readers.items():
         nbytes = graph.meta(value).nbytes
         if side[value] == "client" and "server" in where:
-            total += cost.up.frame_time(nbytes)
+            total += cost.transfer("server", nbytes, value)[0]
         if side[value] == "server" and "client" in where:
-            total += cost.down.frame_time(nbytes)
+            total += cost.transfer("client", nbytes, value)[0]
     return total
 
 
@@ -165,8 +165,8 @@ def plan_dads(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
     for value, users in consumers.items():
         nbytes = graph.meta(value).nbytes
         up, down = f"{value}@up", f"{value}@down"
-        g.add_edge(value, up, capacity=cost.up.frame_time(nbytes))
-        g.add_edge(down, value, capacity=cost.down.frame_time(nbytes))
+        g.add_edge(value, up, capacity=cost.transfer("server", nbytes, value)[0])
+        g.add_edge(down, value, capacity=cost.transfer("client", nbytes, value)[0])
         for u in users:
             g.add_edge(up, u, capacity=inf)
             g.add_edge(u, down, capacity=inf)

@@ -2,7 +2,10 @@
 
 Runs the graph tiled at two granularities (after warm-up), times every kernel call,
 and fits, per node, a line through (rows, seconds) by least squares (both
-coefficients kept non-negative). Global nodes get their whole-value time. Profiles are
+coefficients kept non-negative). Global nodes get their whole-value time. The wire's
+costs on this peer are measured too (:mod:`lopinfer.scheduler.wire`): per frame and
+per byte of the transport's codec, LZ4 speed, and each value's LZ4 ratio, taken on the
+values the warm-up run computes. Profiles are
 cached by (graph content hash, device, torch threads) in memory and on disk
 (``$LOPINFER_CACHE`` or ``~/.cache/lopinfer/profiles``), so a second deploy does not
 re-profile.
@@ -23,6 +26,7 @@ import torch
 
 from ..graph import Graph
 from .cost import NodeCost, PeerCosts
+from .wire import Lz4Meter, measure_codec
 
 __all__ = ["profile", "fit_line", "costs_to_json", "costs_from_json"]
 
@@ -53,13 +57,26 @@ def _cache_dir() -> Path:
 
 def costs_to_json(costs: PeerCosts) -> str:
     return json.dumps({"name": costs.name, "copy_per_byte": costs.copy_per_byte,
-                       "nodes": {k: [v.fixed, v.per_row] for k, v in costs.nodes.items()}})
+                       "nodes": {k: [v.fixed, v.per_row] for k, v in costs.nodes.items()},
+                       "wire": {"frame_cpu": costs.frame_cpu,
+                                "codec_per_byte": costs.codec_per_byte,
+                                "lz4_per_byte": costs.lz4_per_byte,
+                                "unlz4_per_byte": costs.unlz4_per_byte},
+                       "lz4_ratio": costs.lz4_ratio})
 
 
 def costs_from_json(text: str) -> PeerCosts:
     d = json.loads(text)
+    wire = {k: float(v) for k, v in d.get("wire", {}).items()
+            if k in ("frame_cpu", "codec_per_byte", "lz4_per_byte", "unlz4_per_byte")}
     return PeerCosts({str(k): NodeCost(float(a), float(b)) for k, (a, b) in d["nodes"].items()},
-                     float(d["copy_per_byte"]), str(d.get("name", "")))
+                     float(d["copy_per_byte"]), str(d.get("name", "")), **wire,
+                     lz4_ratio={str(k): float(v) for k, v in d.get("lz4_ratio", {}).items()})
+
+
+def _file_name(key: tuple[str, str, int]) -> str:
+    # v2: profiles carry the wire's costs; older files are not read (measured again)
+    return f"{key[0][:32]}-{key[1]}-{key[2]}.v2.json"
 
 
 def _key(graph: Graph, device: str) -> tuple[str, str, int] | None:
@@ -86,7 +103,7 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
     if key is not None:
         if key in _MEMO:
             return _MEMO[key]
-        path = _cache_dir() / f"{key[0][:32]}-{key[1]}-{key[2]}.json"
+        path = _cache_dir() / _file_name(key)
         try:
             _MEMO[key] = costs_from_json(path.read_text())
             return _MEMO[key]
@@ -97,6 +114,9 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
                        else torch.zeros(m.shape, dtype=m.dtype) for m in graph.inputs.values())
     inputs = tuple(x.to(dev) for x in inputs)
     samples: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    lz4 = Lz4Meter()
+    for name, x in zip(graph.inputs, inputs):
+        lz4.see(name, x)
     bar = _progress(progress, len(tiles) * (repeats + 1), f"profiling {graph.name}")
     for t in tiles:
         ex = TiledExecutor(graph, t)
@@ -115,13 +135,18 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
                     if rep > 0 and task.kind in ("tile", "whole"):  # rep 0 warms up
                         rows = task.b - task.a if task.kind == "tile" else 1
                         samples[task.value][rows].append(dt)
+                    elif rep == 0 and t == tiles[0] and task.kind in ("tile", "whole"):
+                        lz4.see(task.value, store[tid])  # its first tile: ratio, speed
             bar()
     nodes = {}
     for node in graph:
         pts = [(rows, statistics.median(v)) for rows, v in samples[node.name].items()]
         nodes[node.name] = fit_line(pts) if node.locality else NodeCost(
             0.0, statistics.median(samples[node.name][1]) if samples[node.name][1] else 0.0)
-    costs = PeerCosts(nodes, _copy_cost(dev), name or f"{device}x{torch.get_num_threads()}")
+    frame_cpu, codec_per_byte = measure_codec(dev)
+    lz4_c, lz4_d = lz4.per_byte()
+    costs = PeerCosts(nodes, _copy_cost(dev), name or f"{device}x{torch.get_num_threads()}",
+                      frame_cpu, codec_per_byte, lz4_c, lz4_d, lz4.ratio)
     if key is not None:
         _MEMO[key] = costs
         try:
@@ -129,9 +154,9 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
             d.mkdir(parents=True, exist_ok=True)
             # Write then rename: another process (the other peer in loopback) may be
             # reading the same file, and must see all of it or none of it.
-            tmp = d / f".{key[0][:32]}-{key[1]}-{key[2]}.{os.getpid()}.{threading.get_ident()}.tmp"
+            tmp = d / f".{_file_name(key)}.{os.getpid()}.{threading.get_ident()}.tmp"
             tmp.write_text(costs_to_json(costs))
-            os.replace(tmp, d / f"{key[0][:32]}-{key[1]}-{key[2]}.json")
+            os.replace(tmp, d / _file_name(key))
         except OSError:
             pass  # a read-only home: the in-memory cache still serves this process
     return costs

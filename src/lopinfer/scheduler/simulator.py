@@ -3,8 +3,10 @@
 One compute worker per peer takes the ready task with the smallest key
 ``(has sends ? 0 : 1, -rank, first row, id)`` — the key :class:`PeerRun` uses. When a
 task ends, each piece the other peer receives from it joins that direction's FIFO link
-in the order the program lists them; a piece occupies the link for
-``frame_overhead + bytes / bandwidth`` and arrives ``latency`` later, which makes its
+in the order the program lists them; a piece occupies the link for its transfer time
+(:meth:`CostModel.transfer`: per-frame and per-byte costs of both peers and the link,
+LZ4 where the transport would use it, wire bytes over the bandwidth) and arrives
+``latency`` later, which makes its
 ``recv`` task done on the receiver. The client's inputs are there at time 0; the
 server hears of the inference ``up.latency`` after it starts. The prediction's
 timeline has the same shape as ``session.last_report.timeline``.
@@ -31,6 +33,8 @@ class Prediction:
     bytes_down: int = 0
     frames_up: int = 0
     frames_down: int = 0
+    wire_up: int = 0  # bytes on the wire (after LZ4 where it pays)
+    wire_down: int = 0
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -84,17 +88,19 @@ def simulate(prog: Program, cost: CostModel, *, timeline: bool = False) -> Predi
             if missing[u] == 0:
                 push_ready(tasks[u])
         for r in sends.get(tid, ()):
-            link = cost.link_to(r.peer)
             n = piece_bytes(prog.graph, r)
             start = max(now, link_free[r.peer])
-            end = start + link.frame_time(n)
+            took, wire = cost.transfer(r.peer, n, r.value)
+            end = start + took
             link_free[r.peer] = end
-            arrive = end + link.latency
+            arrive = end + cost.link_to(r.peer).latency
             if r.peer == "server":
                 pred.bytes_up += n
+                pred.wire_up += wire
                 pred.frames_up += 1
             else:
                 pred.bytes_down += n
+                pred.wire_down += wire
                 pred.frames_down += 1
             if timeline:
                 spans.append({"peer": "link-up" if r.peer == "server" else "link-down",
@@ -147,7 +153,7 @@ def lower_bound(prog: Program, cost: CostModel) -> float:
             c = cost.peer(t.peer).nodes.get(t.value)
             if c is not None:
                 busy[t.peer] += c.per_row * ((t.b - t.a) if t.kind == "tile" else 1)
-        elif t.kind == "recv":
-            link = cost.link_to(t.peer)
-            busy["up" if t.peer == "server" else "down"] += piece_bytes(prog.graph, t) / link.bandwidth
+        elif t.kind == "recv":  # the wire bytes alone: LZ4 where it pays, no per-byte CPU
+            wire = cost.transfer(t.peer, piece_bytes(prog.graph, t), t.value)[1]
+            busy["up" if t.peer == "server" else "down"] += wire / cost.link_to(t.peer).bandwidth
     return max(busy.values())

@@ -37,11 +37,14 @@ HAVE_LZ4 = _lz4 is not None
 CompressionMode = Literal["auto", "always", "off"]
 COMPRESSION_MODES = ("auto", "always", "off")
 
-_MARGIN = 0.95  # compress only when expected to take < 95% of the raw time
-_MIN_GAIN = 0.97  # and send compressed only when it shrank by >= 3%
+MARGIN = 0.95  # compress only when expected to take < 95% of the raw time
+MIN_GAIN = 0.97  # and send compressed only when it shrank by >= 3%
 _REPROBE = 16  # re-measure a stream judged incompressible every 16th frame
 _ALPHA = 0.3  # EWMA weight of a new measurement
 _MAX_KEYS = 1024
+DEFAULT_MIN_SIZE = 8192  # smaller frames are never compressed
+SPEED_PRIOR = 800e6  # LZ4 compress, input bytes/s, until measured
+DECOMPRESS_SPEED_PRIOR = 2.5e9
 
 _pool: ThreadPoolExecutor | None = None
 
@@ -76,7 +79,7 @@ class AdaptiveCompressor:
         MissingDependencyError: ``mode="always"`` without the ``lz4`` package.
     """
 
-    def __init__(self, mode: CompressionMode = "auto", min_size: int = 8192) -> None:
+    def __init__(self, mode: CompressionMode = "auto", min_size: int = DEFAULT_MIN_SIZE) -> None:
         if mode not in COMPRESSION_MODES:
             raise ValueError(f"compression must be one of {COMPRESSION_MODES}, got {mode!r}")
         if mode == "always" and not HAVE_LZ4:
@@ -84,8 +87,8 @@ class AdaptiveCompressor:
         self.mode = mode if HAVE_LZ4 else "off"
         self.min_size = min_size
         self.ratio = 0.5  # prior: typical post-ReLU activations
-        self.speed = 800e6  # compress, input bytes/s; replaced by measurements
-        self.decompress_speed = 2.5e9
+        self.speed = SPEED_PRIOR  # compress, input bytes/s; replaced by measurements
+        self.decompress_speed = DECOMPRESS_SPEED_PRIOR
         self.compressed = 0
         self.attempts = 0
         self.bytes_saved = 0
@@ -109,9 +112,9 @@ class AdaptiveCompressor:
         st.seen += 1
         overhead = 1 / st.speed + 1 / self.decompress_speed
         t_raw = 1 / bandwidth
-        if overhead >= t_raw * _MARGIN:
+        if overhead >= t_raw * MARGIN:
             return False  # the link is faster than LZ4 itself: nothing to win
-        if overhead + st.ratio / bandwidth < t_raw * _MARGIN:
+        if overhead + st.ratio / bandwidth < t_raw * MARGIN:
             return True
         return st.seen % _REPROBE == 0
 
@@ -134,7 +137,7 @@ class AdaptiveCompressor:
                 st.speed += _ALPHA * (speed - st.speed)
             else:  # the first measurement of a stream replaces the prior
                 st.ratio, st.speed, st.measured = ratio, speed, True
-        if len(out) >= n * _MIN_GAIN:
+        if len(out) >= n * MIN_GAIN:
             return None
         self.compressed += 1
         self.bytes_saved += n - len(out)
