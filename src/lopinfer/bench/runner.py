@@ -111,21 +111,23 @@ def calibrate_device(lab: Any, server_s: float, slowdown: float, rounds: int = 4
     after the first guess, until within 10%. Returns (share, measured ratio)."""
     share, alpha = 1.0 / slowdown, 1.0
     seen: list[tuple[float, float]] = []
-    ratio = 0.0
     for _ in range(rounds):
         lab.set_device_share(share)
-        ratio = calibrate(lab.device_cpu, lab=lab, runs=1, model=model,
+        ratio = calibrate(lab.device_cpu, lab=lab, runs=3, model=model,
                           input_shape=input_shape) / server_s
         print(f"bench: {model}: device share {share:.4f} -> {ratio:.1f}x slower than the server",
               file=sys.stderr)
+        seen.append((share, ratio))
         if abs(ratio / slowdown - 1) < 0.1:
             break
-        seen.append((share, ratio))
         if len(seen) >= 2:
             (s1, r1), (s2, r2) = seen[-2], seen[-1]
             if s1 != s2 and r1 != r2:
                 alpha = min(4.0, max(0.5, -math.log(r2 / r1) / math.log(s2 / s1)))
         share = min(1.0, max(0.01, share * (ratio / slowdown) ** (1 / alpha)))
+    # timings under throttling are noisy: keep the closest share seen, not the last
+    share, ratio = min(seen, key=lambda sr: abs(math.log(sr[1] / slowdown)))
+    lab.set_device_share(share)
     return share, ratio
 
 
