@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .errors import LopInferError
+from .errors import InputError, LopInferError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -272,16 +272,12 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 def parse_rate(text: str) -> float:
     """"10MB/s", "500kB/s", "80Mbit/s", "1e7" -> bytes per second."""
-    import re
+    from .units import parse_rate as parse
 
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKMGT]?)(i?)(B|b|bit|bps)?(?:/s)?\s*",
-                     text)
-    if not m:
-        raise _Usage(f"bad rate {text!r}: expected e.g. 10MB/s, 500kB/s, 80Mbit/s")
-    value, prefix, binary, unit = float(m.group(1)), m.group(2).upper(), m.group(3), m.group(4)
-    scale = (1024 if binary else 1000) ** " KMGT".index(prefix or " ")
-    bits = unit in ("b", "bit", "bps")
-    return value * scale / (8 if bits else 1)
+    try:
+        return parse(text)
+    except InputError as exc:
+        raise _Usage(str(exc)) from None
 
 
 def _plan_args(p: argparse.ArgumentParser) -> None:

@@ -57,12 +57,14 @@ def test_available_names_missing_root(monkeypatch):
 
 
 @pytest.mark.parametrize("text, want", [("10MB/s", 1e7), ("150KB/s", 1.5e5), ("2e6", 2e6),
-                                        ("1.5 MB/s", 1.5e6), ("7kB", 7e3), (3.0, 3.0)])
+                                        ("1.5 MB/s", 1.5e6), ("7kB", 7e3), (3.0, 3.0),
+                                        ("80Mbit/s", 1e7), ("8Mbps", 1e6), ("1KiB/s", 1024)])
 def test_parse_rate(text, want):
+    # one parser for the lab, the bench's scenarios and `lopinfer plan --bandwidth`
     assert L.parse_rate(text) == want
 
 
-@pytest.mark.parametrize("text", ["10Mbit", "fast", "", "1..2MB/s"])
+@pytest.mark.parametrize("text", ["fast", "", "1..2MB/s", "10 MB/h", "0MB/s", -3.0, "1e999"])
 def test_parse_rate_rejects(text):
     with pytest.raises(ValueError, match="bad rate"):
         L.parse_rate(text)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lopinfer.errors import LopInferError
+from lopinfer.units import parse_rate  # re-exported: scripts/edgelab takes rates
 
 __all__ = ["EdgeLab", "EdgeLabError", "Command", "available", "cleanup", "leftovers",
            "cpu_quota", "parse_rate", "state_path", "CGROUP_ROOT", "MIN_QUOTA_US", "MIN_RATE"]
@@ -77,27 +78,6 @@ def _names(name: str) -> dict[str, str]:
         raise ValueError(f"edgelab: name {name!r} must match {_NAME_RE.pattern}")
     return {"dev": f"{name}-dev", "srv": f"{name}-srv", "vd": f"{name}-vd", "vs": f"{name}-vs",
             "cgroup": str(CGROUP_ROOT / f"{name}-device")}
-
-
-_RATE_RE = re.compile(r"^\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgG]?)(?:B|B/s|Bps)?\s*$")
-_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
-
-
-def parse_rate(text: str | float) -> float:
-    """Bytes/s from ``"10MB/s"``, ``"150KB/s"``, ``"2e6"`` or a number (decimal units).
-
-    Raises:
-        ValueError: not a rate (bits such as ``"10Mbit"`` are refused, not guessed).
-    """
-    if isinstance(text, (int, float)):
-        return float(text)
-    match = _RATE_RE.match(text)
-    if not match:
-        raise ValueError(f"edgelab: bad rate {text!r}; use bytes/s like 10MB/s, 150KB/s or 2e6")
-    try:
-        return float(match.group(1)) * _UNITS[match.group(2).lower()]
-    except ValueError:
-        raise ValueError(f"edgelab: bad rate {text!r}; use bytes/s like 10MB/s") from None
 
 
 def state_path(name: str) -> Path:
