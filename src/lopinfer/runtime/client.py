@@ -37,7 +37,7 @@ from ..graph import Graph, capture
 from ..scheduler.builders import local_plan, offload_plan
 from ..scheduler.cost import CostModel, Link, PeerCosts
 from ..scheduler.energy import DEVICE_PROFILES, DeviceProfile, Objective, device_energy
-from ..scheduler.link import LinkEstimator, transfer_samples
+from ..scheduler.link import LinkEstimator, ReceiptLog
 from ..scheduler.plan import Plan
 from ..transports import (
     Bye,
@@ -107,12 +107,7 @@ class Client:
         self._next_try = 0.0
         self._warned = False
         self.sessions: list[Session] = []
-        # received frames (bounded), the passive down-link samples
-        self.received: collections.deque[Any] = collections.deque(maxlen=4096)
-
-    def _observe(self, record: Any) -> None:
-        if record.direction == "recv":
-            self.received.append(record)
+        self.received = ReceiptLog()  # the passive down-link samples
 
     # -- connection -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -133,7 +128,7 @@ class Client:
             conn.abort()
             raise ProtocolError(f"expected welcome, got {type(reply).__name__}")
         self.conn, self.welcome = conn, reply
-        conn.add_observer(self._observe)
+        conn.add_observer(self.received)
         self._replies = asyncio.Queue()
         self._reader = asyncio.create_task(self._read_loop(conn))
         self._backoff = 0.5
@@ -679,7 +674,7 @@ class Session:
             return await self._infer_local(inputs, fell_back=True, reason=reason, t0=t0)
         latency = time.perf_counter() - t0
         outs = pack_outputs(self.graph, pending.run.outputs())
-        self._feed(pending.up_samples, transfer_samples(list(client.received), since_ns=t0_ns))
+        self._feed(pending.up_samples, client.received.samples_since(t0_ns))
         self.last_report = self._finish_report(self._report(program, pending, t0, latency),
                                                self.plan)
         return outs

@@ -14,7 +14,7 @@ import hmac
 import itertools
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 
 from ..errors import LopInferError, PlanError, ProtocolError, TransportError
 from ..graph import Graph
+from ..scheduler.link import ReceiptLog
 from ..scheduler.plan import Plan
 from ..transports import (
     PROTOCOL_VERSION,
@@ -179,20 +180,13 @@ class _Session:
         self.started_ns: dict[int, int] = {}
         self.loop = asyncio.get_running_loop()
         self.outbox: asyncio.Queue = asyncio.Queue()
-        # received frames, for the link samples reported back to the client
-        self.received: deque[Any] = deque(maxlen=4096)
-        conn.add_observer(self._observe)
+        self.received = ReceiptLog()  # for the link samples reported back to the client
+        conn.add_observer(self.received)
         self.weight_parts: list[torch.Tensor] = []  # chunks of the next Deploy's weights
         self.weight_bytes = 0
 
-    def _observe(self, record: Any) -> None:
-        if record.direction == "recv":
-            self.received.append(record)
-
     def _samples_since(self, start_ns: int) -> list[list[float]]:
-        from ..scheduler.link import transfer_samples
-
-        return [[float(n), s] for n, s in transfer_samples(list(self.received), since_ns=start_ns)]
+        return [[float(n), s] for n, s in self.received.samples_since(start_ns)]
 
     async def serve(self) -> None:
         srv = self.server
@@ -335,7 +329,7 @@ class _Session:
         from ..scheduler.link import transfer_samples
 
         # the burst, the frame before it (its anchor) and this request
-        recs = list(self.received)[-msg.up_frames - 2:] if msg.up_frames else []
+        recs = list(self.received.records)[-msg.up_frames - 2:] if msg.up_frames else []
         samples = [[float(n), s] for n, s in transfer_samples(recs)]
         noise = torch.randint(0, 256, (msg.down_bytes,), dtype=torch.uint8)  # incompressible
         for i in range(msg.down_frames):

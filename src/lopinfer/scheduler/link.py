@@ -12,8 +12,24 @@ from __future__ import annotations
 import statistics
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["LinkEstimator", "Hysteresis", "transfer_samples"]
+__all__ = ["LinkEstimator", "Hysteresis", "ReceiptLog", "transfer_samples"]
+
+
+class ReceiptLog:
+    """The last ``maxlen`` frames a connection received (its ``TransferRecord``s): add
+    it as the connection's observer; each peer draws its passive link samples from it."""
+
+    def __init__(self, maxlen: int = 4096) -> None:
+        self.records: deque[Any] = deque(maxlen=maxlen)
+
+    def __call__(self, record: Any) -> None:
+        if record.direction == "recv":
+            self.records.append(record)
+
+    def samples_since(self, since_ns: int) -> list[tuple[int, float]]:
+        return transfer_samples(list(self.records), since_ns=since_ns)
 
 
 def transfer_samples(records: list, *, min_bytes: int = 16 << 10,
