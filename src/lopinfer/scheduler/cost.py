@@ -118,8 +118,7 @@ class CostModel:
         ratio = None if value is None else src.lz4_ratio.get(value, dst.lz4_ratio.get(value))
         if ratio is not None and self._compresses(nbytes, ratio, link.bandwidth, src, dst):
             wire = int(nbytes * ratio)
-            cpu += nbytes * ((src.lz4_per_byte or 1 / lz4rule.SPEED_PRIOR)
-                             + (dst.unlz4_per_byte or 1 / lz4rule.DECOMPRESS_SPEED_PRIOR))
+            cpu += nbytes * _lz4_per_byte(src, dst)
         return link.frame_overhead + cpu + wire / link.bandwidth, wire
 
     def _compresses(self, n: int, ratio: float, bandwidth: float,
@@ -131,10 +130,16 @@ class CostModel:
             return False  # tried, did not shrink enough: sent raw
         if self.compression == "always":
             return True
-        overhead = ((src.lz4_per_byte or 1 / lz4rule.SPEED_PRIOR)
-                    + (dst.unlz4_per_byte or 1 / lz4rule.DECOMPRESS_SPEED_PRIOR))
+        overhead = _lz4_per_byte(src, dst)
         t_raw = 1 / bandwidth
         return overhead < t_raw * lz4rule.MARGIN and overhead + ratio * t_raw < t_raw * lz4rule.MARGIN
+
+
+def _lz4_per_byte(src: PeerCosts, dst: PeerCosts) -> float:
+    """Compress on the sender plus decompress on the receiver, seconds per raw byte
+    (the transport's priors where a profile did not measure them)."""
+    return ((src.lz4_per_byte or 1 / lz4rule.SPEED_PRIOR)
+            + (dst.unlz4_per_byte or 1 / lz4rule.DECOMPRESS_SPEED_PRIOR))
 
 
 def flop_costs(graph: Graph, flops_per_s: float, *, per_call: float = 20e-6,
