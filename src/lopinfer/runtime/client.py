@@ -27,6 +27,7 @@ import torch
 from ..errors import (
     AuthError,
     ConnectError,
+    DeployError,
     LopInferError,
     PlanError,
     ProtocolError,
@@ -63,6 +64,7 @@ from .protocol import (
     PlanReady,
     Report,
     UsePlan,
+    Working,
 )
 
 if TYPE_CHECKING:  # the planners import the runtime's program compiler: no cycle at runtime
@@ -105,6 +107,7 @@ class Client:
         self._ids = itertools.count(1)
         self._backoff = 0.5
         self._next_try = 0.0
+        self._last_heard = 0.0  # time.monotonic() of the last thing the server sent
         self._warned = False
         self.sessions: list[Session] = []
         self.received = ReceiptLog()  # the passive down-link samples
@@ -140,6 +143,9 @@ class Client:
     async def _read_loop(self, conn: Connection) -> None:
         try:
             async for item in conn:
+                self._last_heard = time.monotonic()
+                if isinstance(item, Working):
+                    continue  # a long request is still being served
                 if isinstance(item, Frame):
                     pending = self._runs.get(item.inference_id)
                     if pending is None:
@@ -165,20 +171,42 @@ class Client:
             pending.link_lost("the connection to the server was lost")
         self._replies.put_nowait(None)
 
-    async def _request(self, msg: Any, want: type, *, timeout: float | None = None) -> Any:
+    async def request(self, msg: Any, want: type, *, timeout: float | None = None) -> Any:
+        """Send ``msg`` and wait for the reply of type ``want``.
+
+        The wait ends when the server is silent for ``timeout`` seconds (default
+        ``peer_timeout``): a server doing long honest work says so (``Working``), a
+        hung one is given up on, and its connection dropped.
+
+        Raises:
+            ConnectError: not connected, the connection was lost, or the server was silent.
+            PlanError, DeployError, AuthError, RemoteError: the server refused the request.
+        """
         if self.conn is None:
             raise ConnectError(f"not connected to {self.url}")
-        await self.conn.send_message(msg, timeout=self.timeout)
-        try:
-            reply = await asyncio.wait_for(self._replies.get(), timeout or self.timeout * 6)
-        except asyncio.TimeoutError:
-            raise ConnectError(f"no reply to {type(msg).__name__} from {self.url} "
-                               f"within {timeout or self.timeout * 6:g} s") from None
+        conn = self.conn
+        limit = timeout or self.peer_timeout
+        await conn.send_message(msg, timeout=limit)
+        sent = time.monotonic()
+        while True:
+            # our own upload still going counts as the exchange being alive
+            silent = time.monotonic() - max(sent, self._last_heard, conn.last_activity)
+            if silent >= limit:
+                self._lost(conn)  # a server that does not answer is as good as gone
+                raise ConnectError(f"no reply to {type(msg).__name__} from {self.url}: the "
+                                   f"server was silent for {limit:g} s")
+            try:
+                reply = await asyncio.wait_for(self._replies.get(), limit - silent)
+                break
+            except asyncio.TimeoutError:
+                continue
         if reply is None:
             raise ConnectError(f"connection to {self.url} lost")
         if isinstance(reply, Error):
             if reply.code == "plan":
                 raise PlanError(f"server rejected the plan: {reply.message}")
+            if reply.code == "deploy":
+                raise DeployError(f"server refused the deployment: {reply.message}")
             if reply.code == "profile":
                 raise RemoteError(f"server could not profile the model: {reply.message}")
             raise RemoteError(f"{reply.code}: {reply.message}")
@@ -186,18 +214,21 @@ class Client:
             raise ProtocolError(f"expected {want.__name__}, got {type(reply).__name__}")
         return reply
 
+    _request = request  # the name the runtime's own modules used
+
     async def ensure_connected(self) -> bool:
         """Reconnect if the link is down and the backoff allows; True when connected."""
         if self.connected:
             return True
-        now = time.monotonic()
-        if now < self._next_try:
+        if time.monotonic() < self._next_try:
             return False
         try:
             await self.open()
             return True
         except (LopInferError, OSError) as exc:
-            self._next_try = now + self._backoff
+            # counted from the failure: an attempt that waited out a timeout must not
+            # be followed at once by another one
+            self._next_try = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, 30.0)
             log.info("server %s unreachable: %s", self.url, exc)
             return False
@@ -392,8 +423,7 @@ class Session:
                                                         kind=FRAME_WEIGHTS, tensor_id=i))
                 await client._request(Deploy(graph_json=text, content_hash=digest,
                                              weights_chunks=len(chunks),
-                                             weights_size=len(weights)), Deployed,
-                                      timeout=max(client.timeout * 6, 600.0))
+                                             weights_size=len(weights)), Deployed)
         if use:
             await self.use_plan(self.plan or self.default_plan, pin=False)
 
@@ -689,6 +719,8 @@ class Session:
                 except asyncio.TimeoutError:
                     if time.monotonic() - pending.last_progress > timeout:
                         pending.link_lost(f"no data from the server for {timeout:g} s")
+                        if self.client.conn is not None:  # hung: later calls must not wait
+                            self.client._lost(self.client.conn)
             if not fut.result():
                 return False
         return pending.failure is None

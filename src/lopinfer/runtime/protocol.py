@@ -18,7 +18,7 @@ import msgspec
 
 from ..transports import Message, register_message
 
-__all__ = ["UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "Report", "FRAME_TILE",
+__all__ = ["Working", "UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "Report", "FRAME_TILE",
            "FRAME_PROBE", "FRAME_WEIGHTS", "WEIGHTS_CHUNK", "ProfileRequest", "Profiled", "ProbeRequest", "ProbeResult"]
 
 FRAME_TILE = 1  # Frame.kind of a row piece of an inference
@@ -27,6 +27,18 @@ FRAME_WEIGHTS = 3  # Frame.kind of a chunk of a deployment's safetensors blob
 WEIGHTS_CHUNK = 16 << 20  # weights larger than this travel as chunks, not in Deploy
 MAX_PROBE_BYTES = 4 << 20  # per frame, so a client cannot make the server send gigabytes
 MAX_PROBE_FRAMES = 16
+
+
+@register_message
+class Working(Message, tag="working"):
+    """Server -> client, every few seconds of a long request (unpacking and hashing a
+    deployment, compiling a plan, profiling): still alive. Client waits are bounded by
+    silence (``peer_timeout``), not by how long honest work takes."""
+
+    what: str = ""
+
+
+WORKING_INTERVAL = 2.0  # seconds between Working messages
 
 
 @register_message
