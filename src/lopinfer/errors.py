@@ -22,6 +22,7 @@ __all__ = [
     "DeployError",
     "AuthError",
     "RemoteError",
+    "ModelChangedError",
     "MissingDependencyError",
 ]
 
@@ -76,6 +77,10 @@ class AuthError(LopInferError):
 
 class RemoteError(LopInferError):
     """The peer reported an error while serving a request."""
+
+
+class ModelChangedError(LopInferError):
+    """The model's weights changed after deploy and the session is ``strict``."""
 
 
 class MissingDependencyError(LopInferError, ImportError):

@@ -29,6 +29,7 @@ from ..errors import (
     ConnectError,
     DeployError,
     LopInferError,
+    ModelChangedError,
     PlanError,
     ProtocolError,
     RemoteError,
@@ -66,6 +67,7 @@ from .protocol import (
     UsePlan,
     Working,
 )
+from .staleness import ModelWatch
 
 if TYPE_CHECKING:  # the planners import the runtime's program compiler: no cycle at runtime
     from ..scheduler.adapt import Choice, PlanBook
@@ -82,6 +84,8 @@ def connect(url: str, *, token: str = "", timeout: float = 10.0, peer_timeout: f
     Args:
         token: sent at hello when the server requires one.
         timeout: connect and request timeout (seconds).
+        ca, ssl: for ``tls://`` and ``wss://``: a CA file to trust (e.g. the server's
+            self-signed certificate), or a whole ``ssl.SSLContext``.
         peer_timeout: longest wait for the server's next tile during an inference
             before the client finishes it locally.
         **options: transport options (see ``lopinfer.transports.Options``).
@@ -97,6 +101,11 @@ class Client:
     def __init__(self, url: str, *, token: str = "", timeout: float = 10.0,
                  peer_timeout: float = 30.0, name: str = "lopinfer-client", **options: Any) -> None:
         self.url, self.token, self.timeout, self.peer_timeout = url, token, timeout, peer_timeout
+        ca = options.pop("ca", None)
+        if ca is not None and options.get("ssl") is None:  # trust a private CA (tls://, wss://)
+            from ..transports import client_ssl_context
+
+            options["ssl"] = client_ssl_context(ca)
         self.name, self.options = name, options
         self.conn: Connection | None = None
         self.welcome: Welcome | None = None
@@ -163,6 +172,13 @@ class Client:
         finally:
             self._lost(conn)
 
+    def give_up(self, conn: Connection) -> None:
+        """Drop a connection to a server that stopped answering, and wait out the
+        backoff before trying it again (each try would cost a whole timeout)."""
+        self._next_try = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 30.0)
+        self._lost(conn)
+
     def _lost(self, conn: Connection) -> None:
         if self.conn is conn:
             self.conn = None
@@ -192,7 +208,7 @@ class Client:
             # our own upload still going counts as the exchange being alive
             silent = time.monotonic() - max(sent, self._last_heard, conn.last_activity)
             if silent >= limit:
-                self._lost(conn)  # a server that does not answer is as good as gone
+                self.give_up(conn)  # a server that does not answer is as good as gone
                 raise ConnectError(f"no reply to {type(msg).__name__} from {self.url}: the "
                                    f"server was silent for {limit:g} s")
             try:
@@ -240,7 +256,8 @@ class Client:
                      device_profile: str | DeviceProfile | None = None,
                      client_costs: PeerCosts | None = None, adapt: bool = True,
                      grid: list[float] | None = None, progress: bool = False,
-                     extra_methods: tuple[str, ...] = ()) -> Session:
+                     extra_methods: tuple[str, ...] = (), strict: bool | None = None,
+                     watch: ModelWatch | None = None) -> Session:
         """Capture ``model``, upload it unless the server has it, measure, plan.
 
         With ``planner`` (default ``"lopinfer"``; or ``local``, ``offload``,
@@ -261,6 +278,11 @@ class Client:
             extra_methods: more planners for the plan book (``"lopinfer-energy"``: least
                 device energy at no more than offload's latency), for
                 :meth:`Session.use_planner`.
+            strict: when the model's parameters or buffers change after deploy, raise
+                :class:`ModelChangedError` at the next inference instead of redeploying
+                (default: the client's ``strict``, else False).
+            watch: how to notice such changes and capture the model again (made here
+                for an ``nn.Module``; the facade passes its own).
 
         A server that cannot be reached gives a local session (warned once).
 
@@ -274,10 +296,15 @@ class Client:
         if plan is None and planner not in PLANNERS and planner != "lopinfer":
             raise PlanError(f"unknown planner {planner!r}; use one of "
                             f"{sorted([*PLANNERS, 'lopinfer'])}")
+        if watch is None and isinstance(model, torch.nn.Module):
+            module = model
+            watch = ModelWatch(module, lambda xs: capture(module, xs))
         graph = model if isinstance(model, Graph) else await asyncio.to_thread(
             capture, model, example_inputs)
         session = Session(self, graph, objective=obj, planner=None if plan is not None else planner,
                           adapt=adapt and plan is None)
+        session.watch = watch
+        session.strict = bool(getattr(self, "strict", False)) if strict is None else strict
         session.default_plan = plan if plan is not None else offload_plan(graph, 4, min_rows=2)
         compile_plan(graph, session.default_plan)  # invalid plans fail here, named
         if await self.ensure_connected():
@@ -397,6 +424,56 @@ class Session:
         self._executors: collections.OrderedDict[int, TiledExecutor] = collections.OrderedDict()
         self._server_plans: dict[int, tuple[Plan, Any, int]] = {}
         self._lock = asyncio.Lock()
+        self.watch: ModelWatch | None = None
+        self.strict = False
+        self.redeploys = 0  # times the model's changed weights were deployed again
+
+    async def _follow_model(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        """If the model's weights changed since deploy, capture and deploy it again (or
+        raise, when strict): a plan must never mix old server weights with new ones."""
+        if self.watch is None or not self.watch.changed():
+            return
+        if self.strict:
+            raise ModelChangedError(f"{self.graph.name}: the model's parameters or buffers "
+                                    f"changed after deploy (strict session: deploy it again)")
+        graph = await asyncio.to_thread(self.watch.recapture, inputs)
+        from ..graph.serialize import graph_to_json
+
+        same = graph_to_json(graph) == graph_to_json(self.graph)
+        plan = self.plan
+        self.graph, self.redeploys = graph, self.redeploys + 1
+        self._programs.clear()  # compiled programs and executors hold the old weights
+        self._executors.clear()
+        self._local = None
+        self._server_plans.clear()
+        self.plan = self.program = None
+        self.remote = False
+        if not same:  # another structure: plans are made anew for it
+            if self.planner is None:
+                raise PlanError(f"{graph.name}: the model's structure changed after deploy and "
+                                f"its plan was given by the caller; deploy it again")
+            self.book, self.cost, self.choice = None, None, None
+            self.default_plan = offload_plan(graph, 4, min_rows=2)
+            plan = None
+        log.info("%s: the model's weights changed; deploying it again", graph.name)
+        target = plan or self.default_plan
+        client = self.client
+        if client.connected:
+            try:
+                await self.upload(use=False)
+            except (TransportError, ConnectError, RemoteError) as exc:
+                # the server may still hold the old weights: never run a plan there now;
+                # the next inference reconnects and uploads the new ones
+                log.info("redeploy failed: %s", exc)
+                if client.conn is not None:
+                    client._lost(client.conn)
+        try:
+            await self.use_plan(target, pin=False)
+        except (TransportError, ConnectError, RemoteError) as exc:
+            log.info("sending the plan failed: %s", exc)
+            if client.conn is not None:
+                client._lost(client.conn)
+            await self.use_plan(target, pin=False)  # compiled here only
 
     async def upload(self, *, use: bool = True) -> None:
         """Deploy the graph (hash first, content only if needed) and, with ``use``, the
@@ -556,6 +633,7 @@ class Session:
         """
         check_inputs(self.graph, inputs)
         async with self._lock:  # one inference at a time per session: plans switch between
+            await self._follow_model(inputs)
             client = self.client
             if self.plan is not None and not self.plan.uses_server() and not self.adapt:
                 return await self._infer_local(inputs, fell_back=False)  # chosen, not a fallback
@@ -720,7 +798,7 @@ class Session:
                     if time.monotonic() - pending.last_progress > timeout:
                         pending.link_lost(f"no data from the server for {timeout:g} s")
                         if self.client.conn is not None:  # hung: later calls must not wait
-                            self.client._lost(self.client.conn)
+                            self.client.give_up(self.client.conn)
             if not fut.result():
                 return False
         return pending.failure is None

@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..graph import Graph, capture
 from ..scheduler.plan import Plan
 from .client import Client, Session
+from .staleness import ModelWatch
 
 __all__ = ["LOPInfer"]
 
@@ -37,12 +38,17 @@ class LOPInfer:
     """
 
     def __init__(self, ip: str = "127.0.0.1", port: int = 7700, *, transport: str = "tcp",
-                 token: str = "", url: str | None = None, **options: Any) -> None:
+                 token: str = "", url: str | None = None, tls: bool = False,
+                 **options: Any) -> None:
         if url is None:
+            if tls:  # TLS over the chosen stream transport
+                transport = {"tcp": "tls", "ws": "wss"}.get(transport, transport)
             url = {"tcp": f"tcp://{ip}:{port}", "ws": f"ws://{ip}:{port}/lopinfer",
+                   "tls": f"tls://{ip}:{port}", "wss": f"wss://{ip}:{port}/lopinfer",
                    "shm": f"shm://{ip}"}.get(transport)
             if url is None:
-                raise InputError(f"transport must be tcp, ws or shm, not {transport!r}")
+                raise InputError(f"transport must be tcp, ws or shm (tls=True: tls or wss), "
+                                 f"not {transport!r}")
         self.url = url
         from ..transports import event_loop_factory
 
@@ -82,22 +88,27 @@ class LOPInfer:
         model.forward = forward  # type: ignore[method-assign]
         return self
 
-    def _deploy(self, example: Any) -> None:
+    def _capture(self, example: Any) -> Graph:
         model = self.model
         assert model is not None
         override = model.__dict__.pop("forward", None)  # capture the model's own forward
         try:
-            graph = capture(model, example)
+            return capture(model, example)
         finally:
             if override is not None:
                 model.forward = override  # type: ignore[method-assign]
-        self.session = self._call(self._open_and_deploy(graph))
 
-    async def _open_and_deploy(self, graph: Any) -> Session:
+    def _deploy(self, example: Any) -> None:
+        assert self.model is not None
+        watch = ModelWatch(self.model, self._capture)  # weights changed later: redeployed
+        graph = self._capture(example)
+        self.session = self._call(self._open_and_deploy(graph, watch))
+
+    async def _open_and_deploy(self, graph: Any, watch: ModelWatch) -> Session:
         await self.client.ensure_connected()
         plan = self._plan(graph) if callable(self._plan) else self._plan
         return await self.client.deploy(graph, None, plan=plan, objective=self._objective,
-                                        **self._options)
+                                        watch=watch, **self._options)
 
     @property
     def last_report(self) -> Any:

@@ -13,8 +13,10 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import LopInferError
+from .limits import ServerLimits
 from .server import Server
 
 __all__ = ["serve", "main", "add_arguments", "run_args", "load_models", "save_model"]
@@ -53,9 +55,10 @@ def load_models(folder: str | Path) -> dict:
 
 async def serve(urls: list[str], *, device: str = "cpu", token: str | None = None,
                 models: dict | None = None, grace: float = 10.0, name: str = "lopinfer",
-                ready: asyncio.Event | None = None) -> None:
+                ready: asyncio.Event | None = None, limits: ServerLimits | None = None,
+                ssl: Any = None) -> None:
     """Serve until SIGINT/SIGTERM (or until the task is cancelled)."""
-    server = Server(device=device, token=token, models=models, name=name)
+    server = Server(device=device, token=token, models=models, name=name, limits=limits)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -64,7 +67,7 @@ async def serve(urls: list[str], *, device: str = "cpu", token: str | None = Non
         except (NotImplementedError, RuntimeError):  # not the main thread / platform
             pass
     try:
-        for url in await server.start(*urls):
+        for url in await server.start(*urls, **({"ssl": ssl} if ssl is not None else {})):
             print(f"LOPINFER_LISTENING {url}", flush=True)
         if ready is not None:
             ready.set()
@@ -83,6 +86,68 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="folder of pre-deployed models (NAME.json + NAME.safetensors)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work may finish")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--cert", help="TLS certificate chain (PEM) for tls:// and wss:// listeners")
+    p.add_argument("--key", help="the certificate's private key (PEM)")
+    d = ServerLimits()
+    lim = p.add_argument_group("limits (bytes and seconds; every client is held to them)")
+    lim.add_argument("--cache-bytes", type=int, default=d.cache_bytes,
+                     help="weights kept in the deployment cache (LRU)")
+    lim.add_argument("--max-model-bytes", type=int, default=d.max_model_bytes,
+                     help="weights one deployment may upload")
+    lim.add_argument("--max-session-upload-bytes", type=int, default=d.max_session_upload_bytes,
+                     help="weights one session may upload in all")
+    lim.add_argument("--max-pending-upload-bytes", type=int, default=d.max_pending_upload_bytes,
+                     help="weights held while being uploaded, all sessions together")
+    lim.add_argument("--max-activation-bytes", type=int, default=d.max_activation_bytes,
+                     help="a graph's peak activation memory")
+    lim.add_argument("--max-tensor-bytes", type=int, default=d.max_tensor_bytes,
+                     help="one value of a graph")
+    lim.add_argument("--max-flops", type=float, default=d.max_flops,
+                     help="FLOPs of one inference")
+    lim.add_argument("--max-node-flops", type=float, default=d.max_node_flops,
+                     help="FLOPs of one node (one task on the device)")
+    lim.add_argument("--max-inflight", type=int, default=d.max_inflight,
+                     help="inferences in flight per session")
+    lim.add_argument("--max-plan-tiles", type=int, default=d.max_plan_tiles,
+                     help="tiles of one plan")
+    lim.add_argument("--compile-timeout", type=float, default=d.compile_timeout,
+                     help="seconds one plan may take to compile")
+    lim.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
+                     help="seconds a session may stay silent")
+    lim.add_argument("--hello-timeout", type=float, default=d.hello_timeout,
+                     help="seconds a new connection has to say hello")
+    lim.add_argument("--max-unauthenticated", type=int, default=d.max_unauthenticated,
+                     help="connections waiting for their hello (the oldest is dropped)")
+    lim.add_argument("--min-recv-rate", type=float, default=d.min_recv_rate,
+                     help="bytes/s below which an arriving frame is cut off")
+
+
+def limits_from_args(args: argparse.Namespace) -> ServerLimits:
+    """The :class:`ServerLimits` the ``serve`` options name."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(ServerLimits)}
+    return ServerLimits(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _read_token(path: str) -> str:
+    token = Path(path).read_text().strip()
+    if not token:
+        raise LopInferError(f"--token-file {path}: the file is empty (a token is needed)")
+    return token
+
+
+def _ssl_from_args(args: argparse.Namespace) -> Any:
+    secure = [u for u in args.listen if u.startswith(("tls://", "wss://"))]
+    if not args.cert and not args.key:
+        if secure:
+            raise LopInferError(f"{secure[0]} needs --cert and --key")
+        return None
+    if not (args.cert and args.key):
+        raise LopInferError("--cert and --key go together")
+    from ..transports import server_ssl_context
+
+    return server_ssl_context(args.cert, args.key)
 
 
 def run_args(args: argparse.Namespace) -> int:
@@ -95,12 +160,14 @@ def run_args(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise LopInferError("--device cuda: no CUDA device is available")
-        token = Path(args.token_file).read_text().strip() if args.token_file else None
+        token = _read_token(args.token_file) if args.token_file else None
+        ssl = _ssl_from_args(args)
+        limits = limits_from_args(args)
         models = load_models(args.models) if args.models else None
         from ..transports import run
 
         run(serve(args.listen or ["tcp://0.0.0.0:7700"], device=args.device, token=token,
-                  models=models, grace=args.grace))
+                  models=models, grace=args.grace, limits=limits, ssl=ssl))
     except (LopInferError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -189,6 +189,8 @@ class Server:
             await session.serve()
         except (TransportError, ProtocolError) as exc:
             log.info("session %x ended: %s", session.id, exc)
+            if isinstance(exc, ProtocolError) and not conn.closed:  # say why, then close
+                await session._refuse("protocol_error", str(exc))
         finally:
             self.stats.sessions_open -= 1
             self._unauthenticated.pop(sid, None)
@@ -314,7 +316,9 @@ class _Session:
                 try:
                     item = await self.conn.recv(timeout=idle)
                 except TransportTimeoutError:
-                    if self.runs or self.conn.closed:
+                    if self.conn.closed:  # the stream broke (a stalled or dripping frame)
+                        raise
+                    if self.runs:
                         continue  # quiet while computing is not idle
                     await self._refuse("idle", f"no message for {idle:g} s (idle_timeout)")
                     return
@@ -562,10 +566,10 @@ class _Session:
         """Charge ``n`` uploaded bytes to this session (and, while held, to the server)."""
         srv, lim = self.server, self.server.limits
         if self.uploaded + n > lim.max_session_upload_bytes:
-            raise ProtocolError(f"session uploads over the server's max_session_upload_bytes="
+            raise DeployError(f"session uploads over the server's max_session_upload_bytes="
                                 f"{lim.max_session_upload_bytes}")
         if pending and srv.pending_upload + n > lim.max_pending_upload_bytes:
-            raise ProtocolError(f"the server holds {srv.pending_upload} bytes of uploads already "
+            raise DeployError(f"the server holds {srv.pending_upload} bytes of uploads already "
                                 f"(max_pending_upload_bytes={lim.max_pending_upload_bytes}); "
                                 f"deploy again later")
         self.uploaded += n
