@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .diagnose import server_url
 from ..graph import Graph, capture
 from ..scheduler.plan import Plan
 from .client import Client, Session
@@ -30,27 +31,33 @@ class LOPInfer:
     """Synchronous client (see module doc).
 
     Args:
-        ip, port: the server; ``transport`` "tcp" (default), "ws" or "shm".
+        ip, port: the server; ``transport`` "tcp" (default), "ws" or "shm". ``ip`` may
+            also be ``host:port`` or a whole URL (``tcp://host:7711``); ``port``
+            defaults to 7700.
         url: a full URL instead (``tcp://host:port``, ``ws://host:port/path``, ...).
         token: sent at hello when the server requires one.
+        strict: raise when the server cannot be used (refused, unreachable, DNS, wrong
+            token, protocol version, missing extra) instead of warning once and running
+            locally.
         **options: passed to :class:`~lopinfer.runtime.client.Client`.
+
+    Raises:
+        InputError: a malformed ``ip``, ``port``, ``url`` or ``transport`` (at once).
     """
 
-    def __init__(self, ip: str = "127.0.0.1", port: int = 7700, *, transport: str = "tcp",
-                 token: str = "", url: str | None = None, **options: Any) -> None:
+    def __init__(self, ip: str = "127.0.0.1", port: int | None = None, *,
+                 transport: str = "tcp", token: str = "", url: str | None = None,
+                 strict: bool = False, **options: Any) -> None:
         if url is None:
-            url = {"tcp": f"tcp://{ip}:{port}", "ws": f"ws://{ip}:{port}/lopinfer",
-                   "shm": f"shm://{ip}"}.get(transport)
-            if url is None:
-                raise InputError(f"transport must be tcp, ws or shm, not {transport!r}")
+            url = server_url(ip, port, transport)
         self.url = url
+        self.client = Client(url, token=token, strict=strict, **options)  # checks the URL
         from ..transports import event_loop_factory
 
         self._loop = event_loop_factory()()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lopinfer-loop",
                                         daemon=True)
         self._thread.start()
-        self.client = Client(url, token=token, **options)
         self.session: Session | None = None
         self.model: nn.Module | None = None
 

@@ -18,7 +18,7 @@ import msgspec
 
 from ..transports import Message, register_message
 
-__all__ = ["Working", "UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "Report", "FRAME_TILE",
+__all__ = ["Working", "FellBack", "UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "Report", "FRAME_TILE",
            "FRAME_PROBE", "FRAME_WEIGHTS", "WEIGHTS_CHUNK", "ProfileRequest", "Profiled", "ProbeRequest", "ProbeResult"]
 
 FRAME_TILE = 1  # Frame.kind of a row piece of an inference
@@ -116,6 +116,15 @@ class InferFailed(Message, tag="infer_failed"):
 
     inference_id: int
     message: str = ""
+
+
+@register_message
+class FellBack(Message, tag="fell_back"):
+    """Client -> server, before its next inference: inference ``inference_id`` was
+    finished locally, and why (for the server's log and metrics)."""
+
+    inference_id: int
+    reason: str = ""
 
 
 @dataclass
