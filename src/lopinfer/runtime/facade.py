@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .diagnose import server_url
 from ..graph import Graph, capture
 from ..scheduler.plan import Plan
 from .client import Client, Session
+from .diagnose import server_url
 
 __all__ = ["LOPInfer"]
 

@@ -70,7 +70,6 @@ async def serve(urls: list[str], *, device: str = "cpu", token: str | None = Non
             pass
     try:
         for url in await server.start(*urls):
-            log.info("listening on %s", url, extra={"event": "listen", "url": url})
             print(f"LOPINFER_LISTENING {url}", flush=True)
         if endpoint is not None and http:
             url = await endpoint.start(http)
