@@ -192,3 +192,13 @@ def test_systemd_exec_start_is_a_serve_command():
     argv = shlex.split(line.removeprefix("ExecStart="))
     assert argv[0].endswith("lopinfer") and argv[1] == "serve"
     assert {a for a in argv if a.startswith("--")} <= serve_flags()
+
+
+def test_readme_stands_alone():
+    text = (ROOT / "README.md").read_text()
+    assert "../" not in text  # nothing outside the repository
+    assert 'pip install "lopinfer[all]" "torch==' in text
+    assert "[docs/guide.md](docs/guide.md)" in text
+    for target in re.findall(r"\]\(([^)#]+)\)", text):
+        if "://" not in target:
+            assert (ROOT / target).exists(), target
