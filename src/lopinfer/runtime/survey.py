@@ -68,6 +68,7 @@ async def measured_cost_model(url: str, graph: Graph, *, token: str = "",
         finally:
             ccosts = await mine if mine is not None else client_costs
         probe = await probe_link(client)
+    assert ccosts is not None  # measured, or given
     return CostModel(ccosts, theirs, Link(probe.up, probe.rtt / 2, probe.up_frame_s),
                      Link(probe.down, probe.rtt / 2, probe.down_frame_s),
                      info={"probe": repr(probe), "server": url})
