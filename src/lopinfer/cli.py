@@ -323,7 +323,7 @@ def _run_plan(args: argparse.Namespace) -> int:
                                            client_costs=mine))
         bw = cm.up.bandwidth
         args.client_speed = speed
-        args.bandwidth = f"{bw / 1e6:.3g}MB/s measured"
+        args.bandwidth = f"measured {bw / 1e6:.3g} MB/s"
     else:
         bw = parse_rate(args.bandwidth)
         args.client_speed = 18.0 if args.client_speed is None else args.client_speed

@@ -239,3 +239,30 @@ def test_facade_strict_raises():
             lop.start_client(model=model, example=x)
     finally:
         lop.close()
+
+
+def test_strict_raises_instead_of_falling_back_mid_session():
+    from lopinfer.errors import TransportError
+    from lopinfer.graph import capture
+    from lopinfer.scheduler import offload_plan
+
+    model, x = tiny()
+    graph = capture(model, (x,))
+
+    async def main():
+        server = Server()
+        (url,) = await server.start("tcp://127.0.0.1:0")
+        async with connect(url, strict=True, timeout=2, peer_timeout=5) as client:
+            session = await client.deploy(graph, None, plan=offload_plan(graph, 2))
+            await session.infer(x)
+            assert not session.last_report.fell_back
+            await server.aclose(timeout=0.5)
+            for _ in range(100):  # the client notices the closed connection
+                if not client.connected:
+                    break
+                await asyncio.sleep(0.05)
+            with pytest.raises(TransportError) as info:  # ConnectError is one
+                await session.infer(x)
+            assert "refused" in one_line(info.value) or "strict" in str(info.value)
+
+    asyncio.run(main())
