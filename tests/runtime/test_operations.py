@@ -85,6 +85,7 @@ def test_log_lines_metrics_and_readiness(caplog):
     assert "uploaded)" in msgs and "plan 1 is offload/t2" in msgs
     assert "finished inference 99 locally: no data from the server for 30 s" in msgs
     assert "lopinfer_inferences_total 2.0" in text
+    assert "lopinfer_ready 1.0" in text and 'lopinfer_info{version="' in text
     assert "lopinfer_rejected_tokens_total 1.0" in text
     assert "lopinfer_client_fallbacks_total 1.0" in text
     assert 'lopinfer_inference_seconds_bucket{le="+Inf"} 2.0' in text

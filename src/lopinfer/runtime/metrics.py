@@ -79,7 +79,13 @@ class _Text:
 
 def metrics_text(server: Server) -> bytes:
     """The server's counters in the Prometheus text format."""
+    from .. import __version__
+
     s, acct, out = server.stats, server.acct, _Text()
+    out.family("lopinfer_info", "gauge", "The server's version and device",
+               [({"version": __version__, "device": str(server.device), "name": server.name}, 1)])
+    out.one("lopinfer_ready", "gauge", "1 while new sessions are taken (0: draining)",
+            int(ready(server)))
     out.one("lopinfer_sessions_open", "gauge", "Open sessions", s.sessions_open)
     out.one("lopinfer_sessions", "counter", "Sessions opened", s.sessions_total)
     out.one("lopinfer_inferences", "counter", "Inferences served", s.inferences)
