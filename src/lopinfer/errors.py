@@ -19,6 +19,7 @@ __all__ = [
     "ConnectionClosedError",
     "TransportTimeoutError",
     "ProtocolError",
+    "ProtocolVersionError",
     "DeployError",
     "AuthError",
     "RemoteError",
@@ -52,7 +53,15 @@ class TransportError(LopInferError):
 
 
 class ConnectError(TransportError):
-    """Could not connect to, or listen on, the given address."""
+    """Could not connect to, or listen on, the given address.
+
+    ``reason`` says why, when the client could tell: ``"refused"`` (nothing listens),
+    ``"timeout"`` (no answer: unreachable or filtered), ``"dns"`` (the name does not
+    resolve), ``"unreachable"`` (no route), ``"tls"`` (the handshake failed),
+    ``"no_hello"`` (connected, but no LOPInfer server answered), or ``""``.
+    """
+
+    reason: str = ""
 
 
 class ConnectionClosedError(TransportError):
@@ -65,6 +74,10 @@ class TransportTimeoutError(TransportError, TimeoutError):
 
 class ProtocolError(LopInferError):
     """Bytes from the peer do not form a valid frame or message."""
+
+
+class ProtocolVersionError(ProtocolError):
+    """Client and server speak different protocol versions (install the same lopinfer)."""
 
 
 class DeployError(ProtocolError):

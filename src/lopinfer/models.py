@@ -4,6 +4,8 @@ Three forms:
 
 - ``torchvision:NAME``: ``torchvision.models.get_model(NAME, weights=None)``, random
   weights, nothing downloaded (needs the ``vision`` extra);
+- ``timm:NAME``: ``timm.create_model(NAME, pretrained=False)``, random weights, nothing
+  downloaded (needs the ``timm`` extra);
 - ``package.module:factory``: an importable module and a callable in it;
 - ``path/to/file.py:factory``: a Python file and a callable in it.
 
@@ -92,11 +94,11 @@ def load_model(spec: str) -> LoadedModel:
     Raises:
         ModelSpecError: malformed string, unknown module/file/attribute, a factory that
             fails or does not return an ``nn.Module``.
-        MissingDependencyError: ``torchvision:`` without torchvision installed.
+        MissingDependencyError: ``torchvision:`` / ``timm:`` without the package.
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise ModelSpecError(
-            f"bad MODEL {spec!r}: expected torchvision:NAME, package.module:factory "
+            f"bad MODEL {spec!r}: expected torchvision:NAME, timm:NAME, package.module:factory "
             "or path/to/file.py:factory"
         )
     source, _, attr = spec.rpartition(":")
@@ -104,6 +106,8 @@ def load_model(spec: str) -> LoadedModel:
         raise ModelSpecError(f"bad MODEL {spec!r}: empty module or factory name")
     if source == "torchvision":
         return _load_torchvision(spec, attr)
+    if source == "timm":
+        return _load_timm(spec, attr)
     if source.endswith(".py") or "/" in source or "\\" in source:
         module = _import_file(spec, source)
     else:
@@ -124,7 +128,8 @@ def _load_torchvision(spec: str, name: str) -> LoadedModel:
     known = set(models.list_models())
     if name not in known:
         raise ModelSpecError(
-            f"unknown torchvision model {name!r} (see torchvision.models.list_models())"
+            f"unknown torchvision model {name!r}{_closest(name, known)} "
+            "(see torchvision.models.list_models())"
         )
     builder = models.get_model_builder(name)
     kwargs: dict[str, Any] = {"weights": None}
@@ -140,6 +145,32 @@ def _load_torchvision(spec: str, name: str) -> LoadedModel:
     size = TORCHVISION_INPUT_SIZES.get(name)
     shape = (1, 3, size, size) if size else None
     return LoadedModel(spec, name, model.eval(), shape)
+
+
+def _load_timm(spec: str, name: str) -> LoadedModel:
+    try:
+        import timm
+    except ImportError as exc:
+        raise MissingDependencyError("timm", "timm", f"MODEL {spec!r}") from exc
+    known = set(timm.list_models())
+    if name not in known:
+        raise ModelSpecError(f"unknown timm model {name!r}{_closest(name, known)} "
+                             "(see timm.list_models())")
+    try:
+        model = timm.create_model(name, pretrained=False)  # random weights: nothing fetched
+    except Exception as exc:
+        raise ModelSpecError(f"timm model {name!r} failed to build: {_line(exc)}") from exc
+    size = getattr(model, "pretrained_cfg", {}).get("input_size")
+    shape = (1, *(int(v) for v in size)) if size else None
+    return LoadedModel(spec, name, model.eval(), shape)
+
+
+def _closest(name: str, known: set[str]) -> str:
+    """'; did you mean a, b?' for the nearest known names, or ''."""
+    import difflib
+
+    near = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(near)}?" if near else ""
 
 
 def _import_module(spec: str, source: str) -> Any:

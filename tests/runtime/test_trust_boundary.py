@@ -93,7 +93,7 @@ def test_a_client_whose_hash_does_not_match_gets_a_deploy_error(monkeypatch):
     async def main():
         async with Server() as server:
             (url,) = await server.start(TCP)
-            async with connect(url) as client:
+            async with connect(url, strict=True) as client:
                 graph = lopinfer.capture(a, (x,))
                 with pytest.raises(DeployError, match="0000000000000000"):
                     await client.deploy(graph, None, plan=offload_plan(graph, 2))
@@ -185,9 +185,17 @@ def test_upload_budgets_refuse_with_a_deploy_error():
     async def main():
         async with Server(limits=ServerLimits(max_session_upload_bytes=1000)) as server:
             (url,) = await server.start(TCP)
-            async with connect(url) as client:
+            async with connect(url, strict=True) as client:
                 with pytest.raises(DeployError, match="max_session_upload_bytes"):
                     await client.deploy(graph, None, plan=offload_plan(graph, 2))
+            async with connect(url) as client:  # not strict: warned once, runs locally
+                with pytest.warns(RuntimeWarning, match="max_session_upload_bytes"):
+                    session = await client.deploy(graph, None, plan=offload_plan(graph, 2))
+                for _ in range(2):
+                    assert_exact(await session.infer(x), reference(a, x))
+                    assert session.last_report.fell_back
+                assert "max_session_upload_bytes" in session.last_report.reason
+            assert server.stats.deploys == 0
 
     _run(main())
 
@@ -206,19 +214,19 @@ def test_activation_and_flop_bombs_are_refused_at_deploy():
     async def main():
         async with Server() as server:  # the defaults refuse a 2 GiB constant
             (url,) = await server.start(TCP)
-            async with connect(url) as client:
+            async with connect(url, strict=True) as client:
                 with pytest.raises(DeployError, match="max_tensor_bytes"):
                     await client.deploy(bomb, None, plan=offload_plan(bomb, 1))
         limits = ServerLimits(max_node_flops=1e5)
         async with Server(limits=limits) as server:
             (url,) = await server.start(TCP)
-            async with connect(url) as client:
+            async with connect(url, strict=True) as client:
                 with pytest.raises(DeployError, match="max_node_flops"):
                     await client.deploy(heavy, None, plan=offload_plan(heavy, 1))
         limits = ServerLimits(max_activation_bytes=peak_activation_bytes(heavy) - 1)
         async with Server(limits=limits) as server:
             (url,) = await server.start(TCP)
-            async with connect(url) as client:
+            async with connect(url, strict=True) as client:
                 with pytest.raises(DeployError, match="max_activation_bytes"):
                     await client.deploy(heavy, None, plan=offload_plan(heavy, 1))
 

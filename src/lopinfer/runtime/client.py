@@ -32,6 +32,7 @@ from ..errors import (
     ModelChangedError,
     PlanError,
     ProtocolError,
+    ProtocolVersionError,
     RemoteError,
     TransportError,
 )
@@ -52,6 +53,7 @@ from ..transports import (
     Welcome,
 )
 from ..transports import connect as transport_connect
+from .diagnose import check_url, explain_connect_error, hello_failed
 from .executor import TiledExecutor, check_inputs, pack_outputs
 from .peer import DeviceWorker, PeerRun
 from .program import Program, Task, compile_plan
@@ -60,6 +62,7 @@ from .protocol import (
     FRAME_WEIGHTS,
     WEIGHTS_CHUNK,
     Done,
+    FellBack,
     Infer,
     InferFailed,
     PlanReady,
@@ -78,7 +81,7 @@ log = logging.getLogger("lopinfer.client")
 
 
 def connect(url: str, *, token: str = "", timeout: float = 10.0, peer_timeout: float = 30.0,
-            **options: Any) -> Client:
+            strict: bool = False, **options: Any) -> Client:
     """A client for the server at ``url``; use as ``async with connect(url) as client``.
 
     Args:
@@ -88,9 +91,16 @@ def connect(url: str, *, token: str = "", timeout: float = 10.0, peer_timeout: f
             self-signed certificate), or a whole ``ssl.SSLContext``.
         peer_timeout: longest wait for the server's next tile during an inference
             before the client finishes it locally.
+        strict: raise instead of running locally: at connect (``ConnectError`` with a
+            ``reason``, ``AuthError``, ``ProtocolVersionError``, ``MissingDependencyError``),
+            at deploy, and when an inference would fall back.
         **options: transport options (see ``lopinfer.transports.Options``).
+
+    Raises:
+        InputError: a malformed URL (at once, strict or not).
     """
-    return Client(url, token=token, timeout=timeout, peer_timeout=peer_timeout, **options)
+    return Client(url, token=token, timeout=timeout, peer_timeout=peer_timeout, strict=strict,
+                  **options)
 
 
 class Client:
@@ -99,13 +109,18 @@ class Client:
     server_process: Any  # the server's child process, set only by runtime.loopback.loopback()
 
     def __init__(self, url: str, *, token: str = "", timeout: float = 10.0,
-                 peer_timeout: float = 30.0, name: str = "lopinfer-client", **options: Any) -> None:
+                 peer_timeout: float = 30.0, name: str = "lopinfer-client", strict: bool = False,
+                 **options: Any) -> None:
+        check_url(url)  # a typo is not a server that is down: refused at once
         self.url, self.token, self.timeout, self.peer_timeout = url, token, timeout, peer_timeout
         ca = options.pop("ca", None)
         if ca is not None and options.get("ssl") is None:  # trust a private CA (tls://, wss://)
             from ..transports import client_ssl_context
 
             options["ssl"] = client_ssl_context(ca)
+        self.strict = strict
+        self.last_error: Exception | None = None  # why the last connect attempt failed
+        self.fallbacks: list[tuple[int, str]] = []  # (inference, why) not yet told the server
         self.name, self.options = name, options
         self.conn: Connection | None = None
         self.welcome: Welcome | None = None
@@ -124,17 +139,28 @@ class Client:
     # -- connection -----------------------------------------------------------------------
     async def open(self) -> None:
         """Connect and say hello. Raises ConnectError, AuthError, ProtocolError."""
-        conn = await transport_connect(self.url, timeout=self.timeout, **self.options)
+        try:
+            conn = await transport_connect(self.url, timeout=self.timeout, **self.options)
+        except ConnectError as exc:
+            raise explain_connect_error(self.url, exc, self.timeout) from exc
         try:
             await conn.send_message(Hello(token=self.token, client_name=self.name))
             reply = await conn.recv(timeout=self.timeout)
+        except (TransportError, ProtocolError) as exc:
+            conn.abort()
+            raise hello_failed(self.url, exc, self.timeout) from exc
         except BaseException:
             conn.abort()
             raise
         if isinstance(reply, Error):
             await conn.aclose()
             if reply.code == "auth":
-                raise AuthError(f"server {self.url} refused the token: {reply.message}")
+                raise AuthError(f"server {self.url} refused the token ({reply.message}): check "
+                                "token= against the server's --token-file")
+            if reply.code == "version":
+                raise ProtocolVersionError(f"server {self.url} speaks another protocol version "
+                                           f"({reply.message}): install the same lopinfer "
+                                           "version on the client and the server")
             raise RemoteError(f"server {self.url} refused the session: {reply.code}: {reply.message}")
         if not isinstance(reply, Welcome):
             conn.abort()
@@ -236,17 +262,21 @@ class Client:
         """Reconnect if the link is down and the backoff allows; True when connected."""
         if self.connected:
             return True
-        if time.monotonic() < self._next_try:
+        if time.monotonic() < self._next_try and not self.strict:
             return False
         try:
             await self.open()
+            self.last_error = None
             return True
         except (LopInferError, OSError) as exc:
+            self.last_error = exc
             # counted from the failure: an attempt that waited out a timeout must not
             # be followed at once by another one
             self._next_try = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, 30.0)
             log.info("server %s unreachable: %s", self.url, exc)
+            if self.strict:
+                raise
             return False
 
     # -- deploy ---------------------------------------------------------------------------
@@ -304,7 +334,7 @@ class Client:
         session = Session(self, graph, objective=obj, planner=None if plan is not None else planner,
                           adapt=adapt and plan is None)
         session.watch = watch
-        session.strict = bool(getattr(self, "strict", False)) if strict is None else strict
+        session.strict = self.strict if strict is None else strict
         session.default_plan = plan if plan is not None else offload_plan(graph, 4, min_rows=2)
         compile_plan(graph, session.default_plan)  # invalid plans fail here, named
         if await self.ensure_connected():
@@ -314,9 +344,17 @@ class Client:
                     await session.measure_and_plan(client_costs=client_costs, grid=grid,
                                                    progress=progress, extra_methods=extra_methods)
             except (TransportError, ConnectError) as exc:
+                if self.strict:
+                    raise
                 self._warn(f"server {self.url} lost during deploy ({exc}); running locally")
+            except DeployError as exc:  # over a server limit, say: it will not change
+                if self.strict:
+                    raise
+                session.refused = str(exc)
+                self._warn(f"{exc}; running locally")
         else:
-            self._warn(f"server {self.url} unreachable; running locally until it is back")
+            self._warn(f"{self.last_error or f'server {self.url} unreachable'}; running "
+                       "locally until the server is reachable")
         self.sessions.append(session)
         return session
 
@@ -324,7 +362,9 @@ class Client:
         if not self._warned:
             warnings.warn(message, RuntimeWarning, stacklevel=3)
             self._warned = True
-        log.warning(message)
+            log.debug(message)  # the warning said it: printed once, not twice
+        else:
+            log.info(message)
 
     async def aclose(self) -> None:
         for session in self.sessions:
@@ -426,6 +466,7 @@ class Session:
         self._lock = asyncio.Lock()
         self.watch: ModelWatch | None = None
         self.strict = False
+        self.refused = ""  # why the server refused this model (then it runs locally)
         self.redeploys = 0  # times the model's changed weights were deployed again
 
     async def _follow_model(self, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -460,7 +501,11 @@ class Session:
         client = self.client
         if client.connected:
             try:
+                self.refused = ""
                 await self.upload(use=False)
+            except DeployError as exc:
+                self.refused = str(exc)
+                log.info("the server refused the changed model: %s", exc)
             except (TransportError, ConnectError, RemoteError) as exc:
                 # the server may still hold the old weights: never run a plan there now;
                 # the next inference reconnects and uploads the new ones
@@ -634,6 +679,8 @@ class Session:
         check_inputs(self.graph, inputs)
         async with self._lock:  # one inference at a time per session: plans switch between
             await self._follow_model(inputs)
+            if self.refused:  # the server will not run this model: never upload it again
+                return await self._infer_local(inputs, fell_back=True, reason=self.refused)
             client = self.client
             if self.plan is not None and not self.plan.uses_server() and not self.adapt:
                 return await self._infer_local(inputs, fell_back=False)  # chosen, not a fallback
@@ -655,6 +702,9 @@ class Session:
                 return await self._infer_local(inputs, fell_back=False)
             if self.remote and client.connected and self.program is not None:
                 return await self._infer_remote(inputs)
+            if client.strict:
+                raise ConnectError(f"{client.last_error or 'the server is unavailable'} "
+                                   "(strict: not run locally)")
             return await self._infer_local(inputs, fell_back=True, reason="server unavailable")
 
     async def _reprobe_if_stale(self) -> None:
@@ -762,6 +812,9 @@ class Session:
             pending.run = PeerRun(program, "client", on_send=on_send, on_done=on_done,
                                   inputs=inputs)
             assert client.conn is not None  # infer() checked `connected`, no await since
+            while client.fallbacks:  # the server's log and metrics count them
+                fid, why = client.fallbacks.pop(0)
+                await client.conn.send_message(FellBack(inference_id=fid, reason=why[:200]))
             await client.conn.send_message(Infer(inference_id=iid, plan_id=self.plan_id))
             sender = asyncio.create_task(self._send_loop(iid, outbox, pending))
             if not pending.run.finished:
@@ -779,6 +832,11 @@ class Session:
                 pending.run.cancel()
             reason = pending.failure or (str(pending.run.error) if pending.run else "failed")
             log.warning("inference %d finished locally: %s", iid, reason)
+            client.fallbacks.append((iid, reason))  # told to the server when it is back
+            del client.fallbacks[:-16]
+            if client.strict:
+                raise TransportError(f"inference {iid} failed with the server: {reason} "
+                                     "(strict: not finished locally)")
             return await self._infer_local(inputs, fell_back=True, reason=reason, t0=t0)
         latency = time.perf_counter() - t0
         outs = pack_outputs(self.graph, pending.run.outputs())

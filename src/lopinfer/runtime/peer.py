@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import ProtocolError
+from .accounting import WAIT_BUCKETS, Histogram
 from .program import Program, Task
 
 __all__ = ["PeerRun", "DeviceWorker", "Span"]
@@ -211,12 +212,16 @@ class DeviceWorker:
         self.busy_s = 0.0
         self.used: dict[Any, float] = {}  # owner -> compute seconds given (virtual time)
         self._now = 0.0  # virtual time of the owner served last
+        # seconds between an item being queued (ready) and being taken: contention
+        self.queue_wait = Histogram(WAIT_BUCKETS)
+        self._since: dict[int, float] = {}
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def _enqueue(self, item: PeerRun | _Job) -> None:  # holding the lock
         if item.owner not in self.used or not any(q.owner == item.owner for q in self._queue):
             self.used[item.owner] = max(self.used.get(item.owner, 0.0), self._now)
+        self._since.setdefault(id(item), time.perf_counter())
         self._queue.append(item)
 
     def _next(self) -> PeerRun | _Job:  # holding the lock, queue not empty
@@ -224,6 +229,9 @@ class DeviceWorker:
         best = min(range(len(self._queue)), key=lambda i: used.get(self._queue[i].owner, 0.0))
         item = self._queue[best]
         del self._queue[best]
+        since = self._since.pop(id(item), None)
+        if since is not None:
+            self.queue_wait.observe(time.perf_counter() - since)
         self._now = used.get(item.owner, 0.0)
         return item
 

@@ -1,8 +1,9 @@
 """Running a server process: ``lopinfer serve`` and the loopback child process.
 
 Prints one ``LOPINFER_LISTENING <url>`` line per bound URL (port 0 resolved) so a
-parent process can find it; stops gracefully on SIGINT/SIGTERM: stops accepting,
-lets in-flight sessions finish (``--grace`` seconds), then closes.
+parent process can find it (and ``LOPINFER_HTTP <url>`` for ``--http``); stops
+gracefully on SIGINT/SIGTERM (a drain): ``/readyz`` turns 503 and no new session is
+accepted, in-flight sessions get ``--grace`` seconds, then everything closes.
 """
 
 from __future__ import annotations
@@ -55,10 +56,14 @@ def load_models(folder: str | Path) -> dict:
 
 async def serve(urls: list[str], *, device: str = "cpu", token: str | None = None,
                 models: dict | None = None, grace: float = 10.0, name: str = "lopinfer",
-                ready: asyncio.Event | None = None, limits: ServerLimits | None = None,
-                ssl: Any = None) -> None:
-    """Serve until SIGINT/SIGTERM (or until the task is cancelled)."""
+                ready: asyncio.Event | None = None, http: str | None = None,
+                limits: ServerLimits | None = None, ssl: Any = None) -> None:
+    """Serve until SIGINT/SIGTERM (or until the task is cancelled); ``http`` is a
+    HOST:PORT for ``/healthz``, ``/readyz`` and ``/metrics``."""
+    from .http import HttpEndpoint
+
     server = Server(device=device, token=token, models=models, name=name, limits=limits)
+    endpoint = HttpEndpoint(server) if http else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,12 +74,21 @@ async def serve(urls: list[str], *, device: str = "cpu", token: str | None = Non
     try:
         for url in await server.start(*urls, **({"ssl": ssl} if ssl is not None else {})):
             print(f"LOPINFER_LISTENING {url}", flush=True)
+        if endpoint is not None and http:
+            url = await endpoint.start(http)
+            log.info("health and metrics on %s/healthz /readyz /metrics", url,
+                     extra={"event": "listen", "url": url})
+            print(f"LOPINFER_HTTP {url}", flush=True)
         if ready is not None:
             ready.set()
         await stop.wait()
-        log.info("shutting down: no new sessions, %g s for in-flight ones", grace)
+        log.info("draining: no new sessions, %g s for in-flight ones", grace,
+                 extra={"event": "drain", "grace_s": grace,
+                        "sessions": server.stats.sessions_open})
     finally:
-        await server.aclose(timeout=grace)
+        await server.aclose(timeout=grace)  # /readyz says 503 from its first line on
+        if endpoint is not None:
+            await endpoint.aclose()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,6 +100,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="folder of pre-deployed models (NAME.json + NAME.safetensors)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work may finish")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--http", metavar="HOST:PORT", default=None,
+                   help="serve /healthz, /readyz and Prometheus /metrics here (e.g. 0.0.0.0:9090)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="server log lines on stderr: text or one JSON object a line")
     p.add_argument("--cert", help="TLS certificate chain (PEM) for tls:// and wss:// listeners")
     p.add_argument("--key", help="the certificate's private key (PEM)")
     d = ServerLimits()
@@ -152,7 +170,10 @@ def _ssl_from_args(args: argparse.Namespace) -> Any:
 
 def run_args(args: argparse.Namespace) -> int:
     """Serve with parsed ``serve`` options until stopped; the exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from .logs import configure
+
+    configure(getattr(args, "log_format", "text"),
+              logging.DEBUG if getattr(args, "verbose", 0) >= 2 else logging.INFO)
     try:
         import torch
 
@@ -160,6 +181,10 @@ def run_args(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise LopInferError("--device cuda: no CUDA device is available")
+        if args.http:
+            from .http import parse_hostport
+
+            parse_hostport(args.http)  # a typo fails before anything is bound
         token = _read_token(args.token_file) if args.token_file else None
         ssl = _ssl_from_args(args)
         limits = limits_from_args(args)
@@ -167,7 +192,7 @@ def run_args(args: argparse.Namespace) -> int:
         from ..transports import run
 
         run(serve(args.listen or ["tcp://0.0.0.0:7700"], device=args.device, token=token,
-                  models=models, grace=args.grace, limits=limits, ssl=ssl))
+                  models=models, grace=args.grace, http=args.http, limits=limits, ssl=ssl))
     except (LopInferError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

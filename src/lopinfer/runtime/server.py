@@ -49,6 +49,7 @@ from ..transports import (
     Welcome,
     listen,
 )
+from .accounting import Accounts
 from .limits import ServerLimits, check_graph, graph_bytes
 from .peer import DeviceWorker, PeerRun
 from .program import Program, Task, compile_plan
@@ -60,6 +61,7 @@ from .protocol import (
     MAX_PROBE_FRAMES,
     WORKING_INTERVAL,
     Done,
+    FellBack,
     Infer,
     InferFailed,
     PlanReady,
@@ -140,6 +142,7 @@ class Server:
 
             self.copier = DeviceCopier(self.device)
         self.stats = ServerStats()
+        self.acct = Accounts()  # per-session/deployment counters and the INFO log
         self.listeners: list[Any] = []
         self._ids: set[int] = set()
         self._unauthenticated: OrderedDict[int, Connection] = OrderedDict()
@@ -185,13 +188,16 @@ class Server:
         session = _Session(self, conn, sid)
         self.stats.sessions_total += 1
         self.stats.sessions_open += 1
+        self.acct.opened(sid, conn)
+        why = ""
         try:
             await session.serve()
         except (TransportError, ProtocolError) as exc:
-            log.info("session %x ended: %s", session.id, exc)
+            why = str(exc)
             if isinstance(exc, ProtocolError) and not conn.closed:  # say why, then close
-                await session._refuse("protocol_error", str(exc))
+                await session._refuse("protocol_error", why)
         finally:
+            self.acct.closed(sid, why)
             self.stats.sessions_open -= 1
             self._unauthenticated.pop(sid, None)
             self._ids.discard(sid)
@@ -296,10 +302,11 @@ class _Session:
             await self._refuse("protocol", "the first message must be hello")
             return
         if hello.protocol_version != PROTOCOL_VERSION:
-            await self._refuse("version", f"protocol version {hello.protocol_version} is not "
-                               f"{PROTOCOL_VERSION}")
+            await self._refuse("version", f"client protocol version {hello.protocol_version}, "
+                               f"server {PROTOCOL_VERSION}")
             return
         if srv.token is not None and not hmac.compare_digest(hello.token.encode(), srv.token.encode()):
+            srv.acct.rejected_token(self.id, hello.client_name)
             await self._refuse("auth", "invalid token")
             return
         authenticated = srv.stats.sessions_open - len(srv._unauthenticated)
@@ -307,6 +314,7 @@ class _Session:
             await self._refuse("busy", "the server is not accepting sessions")
             return
         self.conn.authenticated()  # tensor frames and full-size messages from now on
+        srv.acct.hello(self.id, hello.client_name)
         await self.conn.send_message(Welcome(session_id=self.id, server_name=srv.name,
                                              device=str(srv.device)))
         sender = asyncio.create_task(self._send_loop())
@@ -359,6 +367,7 @@ class _Session:
                 await self.conn.send_message(Error(code="plan", message=str(exc)))
                 return
             self.programs[msg.plan_id] = program
+            srv.acct.plan(self.id, msg.plan_id, program.plan)
             await self.conn.send_message(PlanReady(plan_id=msg.plan_id))
         elif isinstance(msg, ProfileRequest):
             await self._profile(msg)
@@ -382,6 +391,8 @@ class _Session:
             self.runs[iid] = run
             if not run.finished:
                 srv.worker.add(run)
+        elif isinstance(msg, FellBack):
+            srv.acct.fell_back(self.id, msg.inference_id, msg.reason)
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} message")
 
@@ -419,6 +430,7 @@ class _Session:
         srv.stats.deploys_cached += cached
         self.graph = graph
         self.programs.clear()
+        srv.acct.deployed(self.id, key, graph, cached)
         await self.conn.send_message(Deployed(content_hash=key, session_id=self.id, cached=cached))
 
     async def _deployment(self, msg: Deploy, parts: list[torch.Tensor]
@@ -521,6 +533,7 @@ class _Session:
         if run is None or frame.kind != FRAME_TILE:
             raise ProtocolError(f"frame for unknown inference {frame.inference_id}")
         self.server.stats.bytes_in += frame.tensor.numel() * frame.tensor.element_size()
+        self.server.acct.moved(self.id, bytes_in=frame.tensor.numel() * frame.tensor.element_size())
         run.deliver(frame.tensor_id, frame.row_start, frame.row_stop, frame.tensor)
 
     def _sender(self, iid: int) -> Any:
@@ -539,6 +552,7 @@ class _Session:
             if task is not None:
                 piece = item if item.device.type == "cpu" else item.to("cpu")
                 srv.stats.bytes_out += piece.numel() * piece.element_size()
+                srv.acct.moved(self.id, bytes_out=piece.numel() * piece.element_size())
                 await self.conn.send_tensor(Frame(
                     tensor=piece, kind=FRAME_TILE, session_id=self.id, inference_id=iid,
                     tensor_id=task.id, dim=-1 if task.dim is None else task.dim,
@@ -551,10 +565,12 @@ class _Session:
             start_ns = self.started_ns.pop(iid, 0)
             if run.error is not None:
                 srv.stats.inferences_failed += 1
+                srv.acct.inference(self.id, None)
                 await self.conn.send_message(InferFailed(inference_id=iid, message=str(run.error)))
                 continue
             srv.stats.inferences += 1
             srv.stats.latencies.append(time.perf_counter() - t0)
+            srv.acct.inference(self.id, srv.stats.latencies[-1])
             del srv.stats.latencies[:-1000]
             spans = [[float(tid), s - t0, e - t0] for _, tid, s, e in run.spans]
             samples = self._samples_since(start_ns)
