@@ -224,3 +224,30 @@ def test_mutated_frames_only_raise_protocol_error(seed: bytes, edits: list, cut:
         decode_frame(bytes(buf))
     except ProtocolError:
         pass
+
+
+PRE_AUTH = Limits(0, 64 << 10, 8, tensors=False)  # what a server accepts before hello
+
+
+@FUZZ
+@given(
+    st.sampled_from(SEEDS),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=0, max_size=6),
+)
+def test_before_hello_only_small_control_messages_decode(seed: bytes, edits: list) -> None:
+    """The pre-auth path: a tensor frame or anything over 64 KiB is refused from its
+    header alone, whatever the bytes after it; only small control messages decode."""
+    buf = bytearray(seed)
+    for pos, byte in edits:
+        buf[pos % len(buf)] = byte
+    try:
+        item = decode_frame(bytes(buf), limits=PRE_AUTH)
+    except ProtocolError:
+        return
+    assert not isinstance(item, Frame)
+
+
+def test_before_hello_a_tensor_header_is_refused_without_its_payload() -> None:
+    head = encode_frame(Frame(tensor=torch.zeros(1 << 20, dtype=torch.uint8)))[:200]
+    with pytest.raises(ProtocolError, match="before the hello"):
+        parse_header(head, PRE_AUTH)

@@ -249,6 +249,9 @@ class Client:
                 raise PlanError(f"server rejected the plan: {reply.message}")
             if reply.code == "deploy":
                 raise DeployError(f"server refused the deployment: {reply.message}")
+            if reply.code == "protocol_error":  # the server ends this session
+                self.give_up(conn)
+                raise ConnectError(f"server {self.url} ended the session: {reply.message}")
             if reply.code == "profile":
                 raise RemoteError(f"server could not profile the model: {reply.message}")
             raise RemoteError(f"{reply.code}: {reply.message}")
