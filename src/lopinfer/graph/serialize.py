@@ -92,7 +92,8 @@ _GLOBAL_OPS = """
     index index_select gather embedding slice_scatter select_scatter index_put scatter
     roll flip repeat unbind stack narrow as_strided
     pixel_shuffle pixel_unshuffle native_channel_shuffle unfold im2col col2im
-    upsample_bicubic2d grid_sampler_2d topk sort glu
+    upsample_bicubic2d _upsample_bilinear2d_aa _upsample_bicubic2d_aa
+    grid_sampler_2d topk sort glu
 """.split()
 _DENIED_OVERLOADS = frozenset({"aten.where.default"})  # nonzero in disguise: data-dependent
 
