@@ -341,7 +341,25 @@ def _call_node(fx: Any, named_by: Any, names: dict[Any, str], index: int | None)
         meta=_meta(named_by.meta.get("val"), f"node {named_by.name} ({target})"),
         index=index,
         module_path=_module_path(fx),
+        layout=_layout(named_by.meta.get("val")),
     )
+
+
+def _layout(val: Any) -> str:
+    """The memory format eager gives this value (export's fake tensors carry its strides)."""
+    if not isinstance(val, torch.Tensor):
+        return ""
+    try:
+        if val.is_contiguous():
+            return "contiguous"
+        for name, fmt in (("channels_last", torch.channels_last),
+                          ("channels_last_3d", torch.channels_last_3d)):
+            if val.dim() == (4 if name == "channels_last" else 5) and \
+                    val.is_contiguous(memory_format=fmt):
+                return name
+    except Exception:  # symbolic strides: unknown, left as the tiles give it
+        log.debug("no static strides for a value; its layout is not restored")
+    return ""
 
 
 def _dead_code_eliminated(graph: Graph) -> Graph:
