@@ -327,3 +327,43 @@ NORM3D_NETS = {
     "unet3d_group_trilinear": lambda: (UNet3D("group", up="trilinear").eval(),
                                        torch.randn(1, 2, 12, 14, 16)),
 }
+
+
+# -- a small ViT: patch embedding, class token, global attention, per-token MLPs ---------
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(self.n1(x)).reshape(b, n, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        x = x + self.proj(a)
+        return x + self.fc2(F.gelu(self.fc1(self.n2(x))))
+
+
+class ViT(nn.Module):
+    def __init__(self, patch: int = 4, dim: int = 32, depth: int = 2, heads: int = 4,
+                 grid: tuple[int, int] = (6, 5), classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, grid[0] * grid[1] + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*(Block(dim, heads) for _ in range(depth)))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+def vit() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return ViT().eval(), torch.randn(1, 3, 24, 20)

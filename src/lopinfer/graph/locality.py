@@ -729,7 +729,10 @@ def cat(node: Node, g: Graph, td: TD) -> Locality | None:
     rank = len(node.meta.shape)
     cd = norm_dim(node.args[1] if len(node.args) > 1 else 0, rank)
     refs = [t.name for t in tensors if isinstance(t, Ref)]
-    d = next((td[r] for r in refs if td.get(r) is not None), None)
+    dims = [td[r] for r in refs if td.get(r) is not None]
+    # a piece tracked along the cat dim (tokens after a patch embedding, beside a class
+    # token) makes the cat itself local along it: prefer that to another piece's dim
+    d = cd if cd in dims else next(iter(dims), None)
     if d is None or len(refs) != len(tensors):
         return None
     if d != cd:
