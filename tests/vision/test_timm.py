@@ -6,7 +6,7 @@ CoAtNet, LeViT, EfficientFormerV2, TinyViT; TResNet's anti-alias filter; no-op c
 hybrids (MobileViT, FastViT, PoolFormer, EfficientFormer, PVT-v2, HaloNet, BotNet), sized
 down (``img_size``, ``window_size``) where the model allows so the whole file stays
 around two minutes on two cores. timm is a test-only dependency of the vision env,
-pinned in constraints/vision.txt.
+pinned in tox.ini and constraints/vision.txt (whose torch pin holds it to torch 2.14.1).
 """
 
 from __future__ import annotations
