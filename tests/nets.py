@@ -280,3 +280,90 @@ REFERENCE_NETS = {
     "unet": unet,
     "conv3d": conv3d,
 }
+
+
+# -- 3D encoder-decoders with GroupNorm / InstanceNorm (medical-imaging U-Nets) -------------
+class _NormBlock3d(nn.Module):
+    def __init__(self, cin: int, cout: int, norm: str, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, 3, stride=stride, padding=1)
+        self.norm = (nn.GroupNorm(2, cout) if norm == "group"
+                     else nn.InstanceNorm3d(cout, affine=True))
+        with torch.no_grad():  # non-trivial affine parameters
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.norm(self.conv(x)), 0.01)
+
+
+class UNet3D(nn.Module):
+    """Two-level 3D U-Net: strided-conv encoder, norm after every conv (global over the
+    volume), transposed-conv and trilinear decoders with skip concatenations."""
+
+    def __init__(self, norm: str, width: int = 8, classes: int = 3, up: str = "tconv") -> None:
+        super().__init__()
+        w = width
+        self.e1 = _NormBlock3d(2, w, norm)
+        self.e2 = _NormBlock3d(w, 2 * w, norm, stride=2)
+        self.mid = _NormBlock3d(2 * w, 2 * w, norm)
+        self.up = (nn.ConvTranspose3d(2 * w, w, 2, stride=2) if up == "tconv"
+                   else nn.Sequential(nn.Upsample(scale_factor=2, mode="trilinear"),
+                                      nn.Conv3d(2 * w, w, 1)))
+        self.d1 = _NormBlock3d(2 * w, w, norm)
+        self.head = nn.Conv3d(w, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.e1(x)
+        y = self.mid(self.e2(s))
+        y = self.up(y)
+        y = self.d1(torch.cat([y, s], 1))
+        return self.head(y)
+
+
+NORM3D_NETS = {
+    "unet3d_group": lambda: (UNet3D("group").eval(), torch.randn(1, 2, 16, 18, 14)),
+    "unet3d_instance": lambda: (UNet3D("instance").eval(), torch.randn(1, 2, 16, 12, 18)),
+    "unet3d_group_trilinear": lambda: (UNet3D("group", up="trilinear").eval(),
+                                       torch.randn(1, 2, 12, 14, 16)),
+}
+
+
+# -- a small ViT: patch embedding, class token, global attention, per-token MLPs ---------
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(self.n1(x)).reshape(b, n, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        x = x + self.proj(a)
+        return x + self.fc2(F.gelu(self.fc1(self.n2(x))))
+
+
+class ViT(nn.Module):
+    def __init__(self, patch: int = 4, dim: int = 32, depth: int = 2, heads: int = 4,
+                 grid: tuple[int, int] = (6, 5), classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, grid[0] * grid[1] + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*(Block(dim, heads) for _ in range(depth)))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+def vit() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return ViT().eval(), torch.randn(1, 3, 24, 20)

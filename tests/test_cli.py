@@ -140,16 +140,29 @@ def test_verify_not_exact_exits_1(capsys, monkeypatch):
     assert code == 1 and "NOT EXACT" in out and "NO" in out
 
 
-def test_verify_crashing_check_is_a_failed_check(capsys, monkeypatch):
+def test_verify_crashing_check_is_an_internal_error(capsys, monkeypatch):
     def boom(self, *inputs):
         raise RuntimeError("tile kernel exploded")
 
     monkeypatch.setattr(TiledExecutor, "__call__", boom)
     code, doc = run_json(capsys, "verify", CNN, "--tiles", "4")
-    assert code == 1
+    assert code == 3  # a bug, told apart from "ran, not exact" (1) and bad input (2)
     (check,) = doc["checks"]
     assert check["exact"] is False and check["max_abs_err"] is None  # inf -> null in JSON
     assert "RuntimeError: tile kernel exploded" in check["detail"]
+    assert doc["internal_errors"] == ["tiled:4"]
+
+
+def test_internal_error_exits_3_with_the_traceback(capsys, monkeypatch):
+    import lopinfer.verify
+
+    def broken(*args, **kwargs):
+        raise KeyError("b_relative_position_index")
+
+    monkeypatch.setattr(lopinfer.verify, "verify", broken)
+    code, out, err = run(capsys, "verify", CNN, "--tiles", "1")
+    assert code == 3
+    assert "Traceback" in err and "KeyError" in err
 
 
 def test_verify_library_function():

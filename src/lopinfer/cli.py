@@ -1,8 +1,10 @@
 """The ``lopinfer`` command line.
 
 Each subcommand is one ``(name, help, add_arguments, run)`` entry in :data:`COMMANDS`;
-``run(args) -> int`` returns the exit status. Exit statuses: 0 success, 1 a check
-failed (``verify``), 2 bad input (a one-line ``error: ...`` on stderr), 130 interrupted.
+``run(args) -> int`` returns the exit status. Exit statuses: 0 success, 1 a check ran
+and was not exact (``verify``), 2 bad input or a model capture refuses (a one-line
+``error: ...`` on stderr), 3 an internal error (a bug: the traceback on stderr),
+130 interrupted.
 Every subcommand takes ``--json`` for one machine-readable JSON document on stdout.
 """
 
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -252,6 +255,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         verdict = "all exact" if report["exact"] else "NOT EXACT"
         print(f"\n{verdict}; {report['local_nodes']}/{report['nodes']} nodes local, "
               f"{report['local_flops_share']:.1%} of FLOPs in local operators")
+    if report["internal_errors"]:
+        return 3
     return 0 if report["exact"] else 1
 
 
@@ -506,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception:  # a bug, not bad input: show what was held back, then the traceback
         sys.stderr.write(noise.getvalue())
-        raise
+        traceback.print_exc()
+        return 3
 
 
 if __name__ == "__main__":

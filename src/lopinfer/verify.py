@@ -78,8 +78,10 @@ def verify(
 
     Returns:
         ``{"model", "checks": [{"name", "max_abs_err", "rel_err", "exact", "detail"}],
-        "exact", "local_flops_share", "nodes", "local_nodes"}``. A check whose run raises
-        is recorded as not exact, with the error in ``detail``.
+        "exact", "internal_errors", "local_flops_share", "nodes", "local_nodes"}``. A check
+        whose run raises is recorded as not exact, with the error in ``detail``; if the
+        error is not a :class:`~lopinfer.errors.LopInferError` (a bug) its name is also
+        listed in ``internal_errors``.
 
     Raises:
         CaptureError, UnsupportedModelError: the model cannot be captured.
@@ -102,6 +104,7 @@ def verify(
         analyse(graph, tiled_dim=tiled_dim)
 
     checks: list[Check] = []
+    internal: list[str] = []  # checks that crashed on a bug, not on a refused input
     for check_name, run in [*tiled_runners(tiles), *runners]:
         try:
             out = run(graph, inputs)
@@ -110,6 +113,7 @@ def verify(
         except Exception as exc:  # a bug in a split run: report it as a failed check
             log.warning("%s failed: %s", check_name, _first_line(exc), exc_info=True)
             check = Check(check_name, math.inf, math.inf, False, _first_line(exc))
+            internal.append(check_name)
         else:
             check = compare(check_name, out, ref)
         log.info("%s: exact=%s max_abs_err=%.3g", check.name, check.exact, check.max_abs_err)
@@ -121,6 +125,7 @@ def verify(
         "dtype": str(inputs[0].dtype).removeprefix("torch."),
         "checks": [c.to_dict() for c in checks],
         "exact": all(c.exact for c in checks),
+        "internal_errors": internal,
         "local_flops_share": local_flops_share(graph),
         "nodes": len(graph.nodes),
         "local_nodes": sum(1 for n in graph.nodes if n.local),

@@ -67,6 +67,9 @@ class Node:
     meta: TensorMeta
     index: int | None = None
     module_path: str = ""  # the nn.Module the call came from, for messages
+    # memory format of the output in a plain run ("" if neither of these): kernels of
+    # global ops round differently on other layouts, so whole tasks restore it
+    layout: str = ""
     locality: Locality | None = None
     op: Any = field(default=None, repr=False)  # resolved torch OpOverload
 

@@ -484,15 +484,7 @@ class Upsample(Locality):
         ct = torch.float64 if node.meta.dtype == torch.float64 else torch.float32
         o = torch.arange(out, dtype=ct)
         if mode == "linear":
-            if align:
-                sc = (in_size - 1) / (out - 1) if out > 1 else 0.0
-                real = o * torch.tensor(sc, dtype=ct)
-            else:
-                sc = 1.0 / scale if scale and scale > 0 else in_size / out
-                real = (torch.tensor(sc, dtype=ct) * (o + 0.5) - 0.5).clamp_min(0)
-            i0 = real.floor().to(torch.int64).clamp_max(in_size - 1)
-            lam = (real - i0.to(ct)).clamp(0, 1)
-            i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+            i0, i1, lam = _linear_source(in_size, out, scale, align, ct)
             self.lam1 = lam.to(node.meta.dtype)
             self.lam0 = (1 - lam).to(node.meta.dtype)
         else:
@@ -548,6 +540,31 @@ class Upsample(Locality):
         from .ir import resolve_op
 
         return bind_call(self.node, slots, static, args=args, kwargs={}, op=resolve_op(target))
+
+
+def _linear_source(in_size: int, out: int, scale: float | None, align: bool,
+                   ct: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source rows and weights of linear interpolation, as ATen's CPU kernels compute them
+    (UpSample.h: ``area_pixel_compute_scale``, ``compute_source_index_and_lambda``).
+
+    The scale is rounded to ``ct`` first (``1/scale`` or ``in/out`` in double, then cast);
+    ``scale * (o + 0.5) - 0.5`` is a fused multiply-add in the vectorised kernels, so it is
+    computed in float64 (exact for float32 operands) and rounded to ``ct`` once.
+    """
+    o = torch.arange(out, dtype=torch.float64)
+    if out == in_size:  # ATen copies rows when sizes match, whatever the scale says
+        idx = torch.arange(out)
+        return idx, idx, torch.zeros(out, dtype=ct)
+    if align:
+        sc = torch.tensor((in_size - 1) / (out - 1) if out > 1 else 0.0, dtype=ct)
+        real = (sc.double() * o).to(ct)
+    else:
+        sc = torch.tensor(1.0 / scale if scale and scale > 0 else in_size / out, dtype=ct)
+        real = (sc.double() * (o + 0.5) - 0.5).to(ct).clamp_min(0)
+    i0 = real.floor().to(torch.int64).clamp_max(in_size - 1)
+    lam = (real - i0.to(ct)).clamp(0, 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    return i0, i1, lam
 
 
 def upsample(node: Node, g: Graph, td: TD) -> Locality | None:
@@ -712,7 +729,10 @@ def cat(node: Node, g: Graph, td: TD) -> Locality | None:
     rank = len(node.meta.shape)
     cd = norm_dim(node.args[1] if len(node.args) > 1 else 0, rank)
     refs = [t.name for t in tensors if isinstance(t, Ref)]
-    d = next((td[r] for r in refs if td.get(r) is not None), None)
+    dims = [td[r] for r in refs if td.get(r) is not None]
+    # a piece tracked along the cat dim (tokens after a patch embedding, beside a class
+    # token) makes the cat itself local along it: prefer that to another piece's dim
+    d = cd if cd in dims else next(iter(dims), None)
     if d is None or len(refs) != len(tensors):
         return None
     if d != cd:

@@ -92,7 +92,8 @@ _GLOBAL_OPS = """
     index index_select gather embedding slice_scatter select_scatter index_put scatter
     roll flip repeat unbind stack narrow as_strided
     pixel_shuffle pixel_unshuffle native_channel_shuffle unfold im2col col2im
-    upsample_bicubic2d grid_sampler_2d topk sort glu
+    upsample_bicubic2d _upsample_bilinear2d_aa _upsample_bicubic2d_aa
+    grid_sampler_2d topk sort glu
 """.split()
 _DENIED_OVERLOADS = frozenset({"aten.where.default"})  # nonzero in disguise: data-dependent
 
@@ -207,6 +208,7 @@ def _document(graph: Graph) -> dict:
             "meta": {"shape": list(n.meta.shape), "dtype": _tensor_spec(
                 n.name, n.meta.shape, n.meta.dtype, "node")["dtype"]},
             "module_path": n.module_path,
+            "layout": n.layout,
         })
     return {
         "format": FORMAT,
@@ -424,7 +426,8 @@ def _parse(text: Any, limits: GraphLimits) -> dict:
 
 
 _TOP_KEYS = {"format", "version", "name", "inputs", "params", "nodes", "outputs", "out_spec"}
-_NODE_KEYS = {"name", "target", "args", "kwargs", "index", "meta", "module_path"}
+_NODE_KEYS = {"name", "target", "args", "kwargs", "index", "meta", "module_path", "layout"}
+_NODE_LAYOUTS = {"", "contiguous", "channels_last", "channels_last_3d"}
 _SPEC_KEYS = {"name", "shape", "dtype"}
 _MAX_INDEX = 64  # of an element of a tuple-returning op
 
@@ -547,7 +550,11 @@ class _Loader:
             "index": index,
             "meta": self._meta(_keys(obj["meta"], {"shape", "dtype"}, f"{where}: meta"), where),
             "module_path": self._text(obj["module_path"], f"{where}: module_path"),
+            "layout": obj["layout"],
         }
+        if not isinstance(obj["layout"], str) or obj["layout"] not in _NODE_LAYOUTS:
+            raise DeployError(f"{where}: layout {_show(obj['layout'])} is not one of "
+                              f"{', '.join(sorted(_NODE_LAYOUTS)[1:])} or empty")
         out["name"] = self._define(obj["name"], "node")  # after its args: no self-reference
         return out
 

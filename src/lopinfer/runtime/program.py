@@ -213,6 +213,12 @@ class _Compiler:
             # (channels_last from oneDNN): view on a whole value must then copy
             op = _RESHAPE if node.target.split(".")[1] in ("view", "_unsafe_view") else None
             task.fn = bind_call(node, slots, static, op=op)
+            # and global kernels (norms, reductions) round differently on other layouts:
+            # hand them what a plain run would
+            for ref, i in slots.items():
+                fmt = _FORMATS.get(self.g[ref].layout) if ref in self.g else None
+                if fmt is not None:
+                    task.readers[i] = _in_format(task.readers[i], fmt)
         else:
             task.fn = loc.make(a, b, slots, static)
         self.ch(peer, node.name).tasks.append((task.id, a, b) if loc else (task.id, 0, 1))
@@ -438,6 +444,20 @@ def _greedy_cover(chunks: list[tuple[int, int, int]], c: int, e: int) -> list[Pi
         pieces.append((best[0], best[1], best[2], pos, end))
         pos = end
     return pieces
+
+
+_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last,
+            "channels_last_3d": torch.channels_last_3d}
+
+
+def _in_format(read: Reader, fmt: torch.memory_format) -> Reader:
+    def reader(store: Store) -> Any:
+        x = read(store)
+        if isinstance(x, torch.Tensor) and not x.is_contiguous(memory_format=fmt):
+            return x.contiguous(memory_format=fmt)
+        return x
+
+    return reader
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
