@@ -201,7 +201,7 @@ def test_ip_and_port_understood(kwargs, url):
     ({"ip": "10.0.0.5:x"}, "the port in ip='10.0.0.5:x' must be an integer"),
     ({"ip": ""}, "ip= must be a host name or address"),
     ({"ip": "10.0.0.5/24"}, "is not a host name or address"),
-    ({"ip": "10.0.0.5", "transport": "udp"}, "transport must be tcp, ws or shm, not 'udp'"),
+    ({"ip": "10.0.0.5", "transport": "udp"}, "transport must be tcp, ws, tls, wss or shm, not 'udp'"),
     ({"url": "tpc://10.0.0.5:7700"}, "the scheme must be one of"),
     ({"url": "tcp://10.0.0.5"}, "no port (e.g. tcp://host:7700)"),
 ])

@@ -22,6 +22,7 @@ from lopinfer.errors import (
     ProtocolError,
 )
 from lopinfer.transports import (
+    PROTOCOL_VERSION,
     AdaptiveCompressor,
     Bye,
     Connection,
@@ -105,7 +106,7 @@ def test_event_loop_factory() -> None:
 def test_public_api_is_flat() -> None:
     for name in T.__all__:
         assert getattr(T, name) is not None
-    assert set(T.SCHEMES) == {"tcp", "ws", "wss", "shm", "mem"}
+    assert set(T.SCHEMES) == {"tcp", "tls", "ws", "wss", "shm", "mem"}
     assert importlib.import_module("lopinfer.transports").connect is connect
 
 
@@ -197,7 +198,7 @@ def test_message_registry_is_extensible() -> None:
 
 
 def test_messages_ignore_unknown_fields_and_check_types() -> None:
-    data = msgspec.msgpack.encode({"type": "hello", "protocol_version": 1, "future_field": [1, 2]})
+    data = msgspec.msgpack.encode({"type": "hello", "protocol_version": PROTOCOL_VERSION, "future_field": [1, 2]})
     assert decode_message(data) == Hello()
     with pytest.raises(ProtocolError, match="protocol_version"):
         decode_message(msgspec.msgpack.encode({"type": "hello", "protocol_version": "1"}))

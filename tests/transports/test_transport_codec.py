@@ -149,7 +149,7 @@ CASES = {
     "lz4 flag on garbage": lambda: patch(valid(), 6, "H", FLAG_LZ4),
     "bool bytes": lambda: bytearray(encode_frame(Frame(tensor=torch.ones(4, dtype=torch.bool)))[:-1] + b"\x07"),
     "bad message": lambda: bytearray(encode_frame(Bye())[:-3] + b"\xc1\xc1\xc1"),
-    "message schema": lambda: bytearray(encode_frame(Hello())).replace(b"protocol_version\x01", b"protocol_version\xa11"),
+    "message schema": lambda: bytearray(encode_frame(Hello())).replace(b"protocol_version\x02", b"protocol_version\xa12"),
 }
 
 
