@@ -28,16 +28,21 @@ import torch
 
 from ..models import load_model
 from ..scheduler.builders import local_plan
+from ..steady import set_stretch
 from ..transports import LinkShape
 
 __all__ = ["main"]
 
 
 class PipeControl:
-    """Link rates set by the orchestrator (kernel shaping in the edge lab)."""
+    """Link rates set by the orchestrator (kernel shaping in the edge lab); the device
+    slowed by the orchestrator's cgroup (``cfs``) or by stretching its own work
+    (``stretch``: :mod:`lopinfer.steady`, nothing to ask)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device_model: str = "cfs", cpu_stretch: float = 1.0) -> None:
         self.up = self.down = 0.0
+        self.device_model, self.cpu_stretch = device_model, max(1.0, cpu_stretch)
+        self.k = 1.0
 
     def set_rate(self, up: float, down: float) -> None:
         self._ask({"op": "rate", "up": up, "down": down})
@@ -47,11 +52,17 @@ class PipeControl:
         return None
 
     def throttle(self, on: bool) -> None:
-        self._ask({"op": "throttle", "on": on, "pid": os.getpid()})
+        if self.device_model == "stretch":
+            set_stretch(compute=self.k if on else 1.0, cpu=self.cpu_stretch if on else 1.0)
+        else:
+            self._ask({"op": "throttle", "on": on, "pid": os.getpid()})
 
-    def set_share(self, share: float | None) -> None:
-        if share is not None:  # calibrated for the model about to run
-            self._ask({"op": "share", "share": share})
+    def calibrated(self, m: dict) -> None:
+        """Slow the device as calibrated for the model about to run."""
+        if self.device_model == "stretch":
+            self.k = float(m.get("stretch") or 1.0)
+        elif m.get("device_share") is not None:
+            self._ask({"op": "share", "share": m["device_share"]})
 
     @staticmethod
     def _ask(msg: dict) -> None:
@@ -76,7 +87,7 @@ class ShapeControl:
     def throttle(self, on: bool) -> None:
         pass  # no cgroup without the edge lab
 
-    def set_share(self, share: float | None) -> None:
+    def calibrated(self, m: dict) -> None:
         pass
 
 
@@ -107,7 +118,9 @@ async def run(spec: dict) -> None:
 
     from ..scheduler.profiler import profile
 
-    control = PipeControl() if spec["control"] == "pipe" else ShapeControl()
+    control: PipeControl | ShapeControl = (
+        PipeControl(spec.get("device_model", "cfs"), spec.get("cpu_stretch", 1.0))
+        if spec["control"] == "pipe" else ShapeControl())
     dil = float(spec["dilation"])
     out = Path(spec["out"])
     methods: list[str] = spec["methods"]
@@ -115,13 +128,13 @@ async def run(spec: dict) -> None:
     for m in spec["models"]:
         loaded = load_model(m["spec"])
         model = loaded.module
-        x = torch.randn(loaded.example_shape(m.get("input_shape")))
+        x = loaded.example_input(m.get("input_shape"))  # a real frame or grid if it has one
         with torch.inference_mode():
             ref = model(x)
         _say(f"{loaded.name}: profiling here and on the server, probing, planning")
         t0 = time.perf_counter()
         graph = await asyncio.to_thread(lopinfer.capture, model, (x,))
-        control.set_share(m.get("device_share"))
+        control.calibrated(m)
         control.throttle(True)  # the device's costs are measured as the device is
         mine = await asyncio.to_thread(profile, graph, tiles=(1, 4), repeats=1, name="device")
         control.throttle(False)  # planning is deploy-time work, not in any latency
@@ -167,6 +180,8 @@ async def run(spec: dict) -> None:
                         rec = _record(spec, loaded.name, method, scen, rate, rep,
                                       session.last_report, exact)
                         rec["device_share"] = m.get("device_share")
+                        rec["device_model"] = spec.get("device_model", "userspace")
+                        rec["stretch"] = m.get("stretch")
                         with out.open("a") as f:
                             f.write(json.dumps(rec) + "\n")
                         _say(f"{loaded.name} {scen['name']} rep {rep} {method}: "

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import ProtocolError
+from ..steady import COMPUTE, stretched
 from .program import Program, Task
 
 __all__ = ["PeerRun", "DeviceWorker", "Span"]
@@ -106,7 +107,7 @@ class PeerRun:
                 ev = self.events.pop(d, None)
                 if ev is not None:
                     self.copier.wait(ev, self.store[d])
-        with torch.inference_mode():
+        with torch.inference_mode(), stretched(COMPUTE):  # the steady device (lopinfer.steady)
             xs = [r(self.store) for r in t.readers]
             assert t.fn is not None  # run programs are compiled with kernels bound
             out = t.fn(*xs)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..graph import Graph
+from ..steady import COMPUTE, stretched
 from .cost import NodeCost, PeerCosts
 from .wire import Lz4Meter, measure_codec
 
@@ -128,8 +129,9 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
                 for tid, fn, readers, _ in ex._steps:
                     xs = [r(store) for r in readers]
                     s = time.perf_counter()
-                    store[tid] = fn(*xs)
-                    sync()
+                    with stretched(COMPUTE):  # a steady device measures as it runs
+                        store[tid] = fn(*xs)
+                        sync()
                     dt = time.perf_counter() - s
                     task = ex.tasks[tid]
                     if rep > 0 and task.kind in ("tile", "whole"):  # rep 0 warms up
