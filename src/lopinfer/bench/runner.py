@@ -78,6 +78,10 @@ from lopinfer.models import load_model
 torch.set_num_threads(1)
 loaded = load_model({model!r})
 m = loaded.module; x = loaded.example_input({shape!r})
+if {executor!r}:  # as the runtime runs it: the local plan, one tile per node
+    import lopinfer
+    from lopinfer.runtime import TiledExecutor
+    m = TiledExecutor(lopinfer.capture(m, (x,)), 1)
 print("ready", os.getpid(), flush=True)
 sys.stdin.readline()  # the orchestrator may throttle this process first
 with torch.inference_mode():
@@ -91,12 +95,14 @@ print(sorted(ts)[len(ts) // 2], sorted(cs)[len(cs) // 2], flush=True)
 
 def calibrate(cpu: int | None = None, *, lab: Any = None, runs: int = 3,
               model: str = SEED_MODEL, input_shape: list[int] | None = None,
-              cpu_time: bool = False) -> float:
+              cpu_time: bool = False, executor: bool = False) -> float:
     """Median seconds of one inference of ``model`` on one thread of this machine
     (pinned to ``cpu``; in the device cgroup of ``lab`` when given: the model is built
     unthrottled, then timed); with ``cpu_time``, the thread's CPU seconds instead of
-    wall seconds. At least ``runs`` runs, more for fast models."""
-    argv = [sys.executable, "-c", _TIMER.format(runs=runs, model=model, shape=input_shape)]
+    wall seconds; with ``executor``, run by the tiled executor (the local plan) rather
+    than as a plain module. At least ``runs`` runs, more for fast models."""
+    argv = [sys.executable, "-c", _TIMER.format(runs=runs, model=model, shape=input_shape,
+                                                executor=executor)]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -279,9 +285,10 @@ def _calibrate_stretch(lab: Any, models: list[dict], server_vgg_s: float,
             spec, shape = SEED_MODEL, None
         else:
             spec, shape = m["spec"], m["input_shape"]
-        server_s = server_vgg_s if spec == SEED_MODEL and not shape else \
-            calibrate(lab.server_cpu, model=spec, input_shape=shape)
-        device_cpu_s = calibrate(lab.device_cpu, model=spec, input_shape=shape, cpu_time=True)
+        # both as the runtime runs them (the executor packs weights once: ~0.8x a plain run)
+        server_s = calibrate(lab.server_cpu, model=spec, input_shape=shape, executor=True)
+        device_cpu_s = calibrate(lab.device_cpu, model=spec, input_shape=shape, cpu_time=True,
+                                 executor=True)
         k = max(1.0, args.device_slowdown * server_s / device_cpu_s)
         print(f"bench: {m['spec']}: server {server_s * 1e3:.0f} ms, device CPU "
               f"{device_cpu_s * 1e3:.0f} ms -> stretch {k:.2f}", file=sys.stderr)

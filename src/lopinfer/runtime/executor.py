@@ -95,7 +95,8 @@ class TiledExecutor:
         with torch.inference_mode():
             for tid, fn, readers, frees in self._steps:
                 s = clock()
-                with stretched(COMPUTE):  # the steady device (lopinfer.steady); free when off
+                t = self.tasks[tid]  # the steady device (lopinfer.steady); free when off
+                with stretched(COMPUTE, (id(self.graph), t.kind, t.value, t.a, t.b)):
                     store[tid] = fn(*[r(store) for r in readers])
                 if spans is not None:
                     spans.append((self.tasks[tid].kind, tid, s, clock()))

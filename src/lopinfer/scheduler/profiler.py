@@ -128,12 +128,13 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
             with torch.inference_mode():
                 for tid, fn, readers, _ in ex._steps:
                     xs = [r(store) for r in readers]
+                    task = ex.tasks[tid]
+                    key = (id(graph), task.kind, task.value, task.a, task.b)
                     s = time.perf_counter()
-                    with stretched(COMPUTE):  # a steady device measures as it runs
+                    with stretched(COMPUTE, key):  # a steady device is measured as it runs
                         store[tid] = fn(*xs)
                         sync()
                     dt = time.perf_counter() - s
-                    task = ex.tasks[tid]
                     if rep > 0 and task.kind in ("tile", "whole"):  # rep 0 warms up
                         rows = task.b - task.a if task.kind == "tile" else 1
                         samples[task.value][rows].append(dt)
