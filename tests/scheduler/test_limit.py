@@ -7,8 +7,13 @@ import pytest
 
 import lopinfer
 from lopinfer.runtime import compile_plan
-from lopinfer.scheduler.builders import (cut_plan, local_plan, local_segments, offload_plan,
-                                         split_plan)
+from lopinfer.scheduler.builders import (
+    cut_plan,
+    local_plan,
+    local_segments,
+    offload_plan,
+    split_plan,
+)
 from lopinfer.scheduler.cost import CostModel, Link, flop_costs
 from lopinfer.scheduler.limit import physical_limit, plan_bound
 from lopinfer.scheduler.simulator import lower_bound

@@ -28,8 +28,10 @@ import torch
 
 from ..models import load_model
 from ..scheduler.builders import local_plan
+from ..scheduler.limit import physical_limit
 from ..steady import set_stretch
 from ..transports import LinkShape
+from .transfers import TransferLog, link_spans
 
 __all__ = ["main"]
 
@@ -153,8 +155,24 @@ async def run(spec: dict) -> None:
                                                               if x == "lopinfer-energy"))
             if session.book is None:
                 raise RuntimeError(f"deploy of {loaded.name} found no server at {spec['server']}")
+            transfers = TransferLog()  # the link rows of the timelines
+            assert client.conn is not None
+            client.conn.add_observer(transfers)
             _say(f"{loaded.name}: ready in {time.perf_counter() - t0:.0f} s, "
                  f"{session.cost.info['probe']}")
+            limits: dict[float, float] = {}  # seed-equivalent rate -> the physical limit
+
+            def limit_at(rate: float) -> float:
+                # at the shaped (dilated) rate, from the costs the planners used
+                if rate not in limits:
+                    assert session.cost is not None  # deployed with a server
+                    cm = session.cost.with_bandwidth(rate / dil, rate / dil)
+                    limits[rate] = physical_limit(graph, cm).seconds
+                return limits[rate]
+
+            for scen in spec["scenarios"]:  # deploy-time work, before the device slows down
+                for r in scen["rates"]:
+                    limit_at(r)
             control.throttle(True)
             _say(f"{loaded.name}: warm-up, one untimed inference per method")
             for method in methods:  # first calls pack weights and build executors
@@ -174,11 +192,14 @@ async def run(spec: dict) -> None:
                     order = methods[rep % len(methods):] + methods[:rep % len(methods)]
                     for method in order:
                         await session.use_planner(method)
+                        t0_ns = time.perf_counter_ns()
                         y = await session.infer(x)
+                        report = session.last_report
+                        report.timeline += link_spans(transfers.since(t0_ns), t0_ns, rate / dil)
                         exact = bool(torch.allclose(y, ref, rtol=1e-4,
                                                     atol=1e-5 * float(ref.abs().max())))
-                        rec = _record(spec, loaded.name, method, scen, rate, rep,
-                                      session.last_report, exact)
+                        rec = _record(spec, loaded.name, method, scen, rate, rep, report, exact)
+                        rec["limit_s"] = limit_at(rate)
                         rec["device_share"] = m.get("device_share")
                         rec["device_model"] = spec.get("device_model", "userspace")
                         rec["stretch"] = m.get("stretch")

@@ -10,8 +10,9 @@ is the least bound over the plan families the planners build (:mod:`.builders`):
 - ``split``: an intra-layer split of a run of local nodes at fraction f (rows
   ``[0, f)`` on the device, the rest on the server, at the same time), halos sent or
   recomputed, the nodes before it on the device, those after it on either peer (a cut
-  and a split combined; the input lives on the device): every sub-run between a grid of positions of each maximal local run,
-  f by golden-section search after a coarse grid.
+  and a split combined; the input lives on the device): every sub-run between a
+  grid of positions of the maximal local runs with the most device work (four by
+  default), f by golden-section search after a coarse grid.
 
 The bound is computed from the plan's rows alone (no compiled program): each peer's
 work is ``per_row x rows`` of every node it computes (a global node: one row);
@@ -165,10 +166,11 @@ def _golden(f: object, lo: float, hi: float, steps: int = 12) -> tuple[float, fl
 
 
 def physical_limit(graph: Graph, cost: CostModel, *, points: int = 6,
-                   fractions: int = 6, golden: int = 5) -> Limit:
+                   fractions: int = 6, golden: int = 5, max_runs: int = 4) -> Limit:
     """The least pipeline bound over the plan families of the module doc.
 
-    ``points``: positions per maximal local run between which sub-runs are split;
+    ``points``: positions per maximal local run between which sub-runs are split, in
+    the ``max_runs`` runs with the most device work;
     ``fractions``: the coarse grid of split fractions before ``golden`` golden-section
     steps around the best of them."""
     m = _Model(graph, cost)
@@ -187,7 +189,10 @@ def physical_limit(graph: Graph, cost: CostModel, *, points: int = 6,
     consider("offload", offload_plan(graph, 1))
     for k in range(1, len(graph)):
         consider("cut", cut_plan(graph, k, 1))
-    for run_lo, run_hi in local_segments(graph):
+    # the runs of local nodes with the most device work (as the planner's own search)
+    runs = sorted(local_segments(graph), reverse=True, key=lambda r: sum(
+        m.cost.client.task(n.name, m.size[n.name]) for n in graph.nodes[r[0]:r[1]]))
+    for run_lo, run_hi in runs[:max_runs]:
         step = max(1, (run_hi - run_lo) // points)
         marks = sorted({*range(run_lo, run_hi, step), run_hi})
         for i, start in enumerate(marks):

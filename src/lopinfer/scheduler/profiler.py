@@ -129,9 +129,9 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
                 for tid, fn, readers, _ in ex._steps:
                     xs = [r(store) for r in readers]
                     task = ex.tasks[tid]
-                    key = (id(graph), task.kind, task.value, task.a, task.b)
+                    tkey = (id(graph), task.kind, task.value, task.a, task.b)
                     s = time.perf_counter()
-                    with stretched(COMPUTE, key):  # a steady device is measured as it runs
+                    with stretched(COMPUTE, tkey):  # a steady device is measured as it runs
                         store[tid] = fn(*xs)
                         sync()
                     dt = time.perf_counter() - s
