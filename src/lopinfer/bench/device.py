@@ -160,19 +160,11 @@ async def run(spec: dict) -> None:
             client.conn.add_observer(transfers)
             _say(f"{loaded.name}: ready in {time.perf_counter() - t0:.0f} s, "
                  f"{session.cost.info['probe']}")
-            limits: dict[float, float] = {}  # seed-equivalent rate -> the physical limit
-
-            def limit_at(rate: float) -> float:
-                # at the shaped (dilated) rate, from the costs the planners used
-                if rate not in limits:
-                    assert session.cost is not None  # deployed with a server
-                    cm = session.cost.with_bandwidth(rate / dil, rate / dil)
-                    limits[rate] = physical_limit(graph, cm).seconds
-                return limits[rate]
-
-            for scen in spec["scenarios"]:  # deploy-time work, before the device slows down
-                for r in scen["rates"]:
-                    limit_at(r)
+            # the physical limit at each shaped (dilated) rate, from the costs the planners
+            # used: deploy-time work, before the device slows down
+            assert session.cost is not None  # deployed with a server
+            limits = {r: physical_limit(graph, session.cost.with_bandwidth(r / dil, r / dil)).seconds
+                      for scen in spec["scenarios"] for r in scen["rates"]}
             control.throttle(True)
             _say(f"{loaded.name}: warm-up, one untimed inference per method")
             for method in methods:  # first calls pack weights and build executors
@@ -199,7 +191,7 @@ async def run(spec: dict) -> None:
                         exact = bool(torch.allclose(y, ref, rtol=1e-4,
                                                     atol=1e-5 * float(ref.abs().max())))
                         rec = _record(spec, loaded.name, method, scen, rate, rep, report, exact)
-                        rec["limit_s"] = limit_at(rate)
+                        rec["limit_s"] = limits[rate]
                         rec["device_share"] = m.get("device_share")
                         rec["device_model"] = spec.get("device_model", "userspace")
                         rec["stretch"] = m.get("stretch")

@@ -94,7 +94,7 @@ class _Model:
             self.size[n.name] = n.locality.size if n.locality else 1
         self.values = set(self.size)
         self.row_bytes: dict[str, float] = {}
-        self.wire = {"server": {}, "client": {}}  # receiver -> value -> wire bytes per raw byte
+        self.wire: dict[str, dict[str, float]] = {"server": {}, "client": {}}  # receiver -> value -> wire bytes per raw byte
         for name in self.values:
             nbytes = graph.meta(name).nbytes
             self.row_bytes[name] = nbytes / max(self.size[name], 1)
@@ -134,10 +134,10 @@ class _Model:
             if out in self.values:
                 needed.setdefault(("client", out), []).append((0, self.size[out]))
         link = {"server": 0.0, "client": 0.0}
-        for (peer, ref), iv in needed.items():
-            rows = _minus(_merge(iv), owned.get((peer, ref), []))
-            if rows:
-                link[peer] += rows * self.row_bytes[ref] * self.wire[peer][ref]
+        for (peer, ref), want in needed.items():
+            missing = _minus(_merge(want), owned.get((peer, ref), []))
+            if missing:
+                link[peer] += missing * self.row_bytes[ref] * self.wire[peer][ref]
         return Bound(plan.name, busy["client"], busy["server"],
                      link["server"] / cost.up.bandwidth, link["client"] / cost.down.bandwidth)
 

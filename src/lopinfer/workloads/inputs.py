@@ -34,8 +34,8 @@ def _photo() -> torch.Tensor:
         from matplotlib import cbook, image
     except ImportError as exc:
         raise MissingDependencyError("matplotlib", "bench", "camera frames") from exc
-    with cbook.get_sample_data(SAMPLE_IMAGE) as f:  # (600, 512, 3) uint8
-        return torch.from_numpy(image.imread(f, format="jpeg").copy())
+    path = cbook.get_sample_data(SAMPLE_IMAGE, asfileobj=False)  # (600, 512, 3) uint8
+    return torch.from_numpy(image.imread(str(path)).copy())
 
 
 def camera_frame(height: int = 640, width: int | None = None, *, uint8: bool = True,

@@ -62,8 +62,9 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if exp != c_in:
             layers.append(conv_bn(c_in, exp, 1, act=act))
-        layers.append(conv_bn(exp, exp, k, stride, p=(k - 1) // 2 * dilation, act=act, groups=exp))
-        layers[-1][0].dilation = (dilation, dilation)
+        # depthwise; the last stage dilated (output stride 16)
+        layers.append(conv_bn(exp, exp, k, stride, p=(k - 1) // 2 * dilation, act=act,
+                              groups=exp, dilation=dilation))
         if se:
             layers.append(SqueezeExcite(exp))
         layers.append(conv_bn(exp, c_out, 1, act=None))
