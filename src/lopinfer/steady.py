@@ -8,8 +8,8 @@ time of the calling thread** that the work used has passed. CPU time is what the
 cost, whatever else this machine runs at the time: another process taking the core
 makes the wall time grow, not the CPU time, so the stretched duration holds still (as
 long as the contention stays below ``k``x). Lateness (sleep overshoot, a
-burst of contention) is made up by the next stretches, up to 50 ms, so it does not pile
-up over thousands of small tiles.
+burst of contention, a preemption between two tasks) is made up by the next stretches,
+up to 50 ms, so it does not pile up over thousands of small tiles.
 
 Two kinds of work, each with its own factor, set per process:
 
@@ -46,6 +46,7 @@ def _env(name: str) -> float:
 _factors = {COMPUTE: _env("LOPINFER_STRETCH_COMPUTE"), CPU: _env("LOPINFER_STRETCH_CPU")}
 _local = threading.local()
 _MAX_CARRY = 0.05  # seconds of lateness a thread may make up later
+_GAP_S = 0.01  # a gap this short between two stretches is the same burst of work
 _best: dict[Hashable, float] = {}  # key -> least CPU seconds seen
 _MAX_KEYS = 1 << 18
 
@@ -86,6 +87,12 @@ class stretched:  # noqa: N801 - used like a function: ``with stretched(COMPUTE)
     def __enter__(self) -> stretched:
         if self.k > 1.0:
             self.t0, self.c0 = time.perf_counter(), time.thread_time()
+            last = getattr(_local, "last", None)
+            if last is not None and self.t0 - last[0] < _GAP_S:
+                # preempted between two tasks (the loop's own code): made up like lateness
+                lost = (self.t0 - last[0]) - (self.c0 - last[1])
+                if lost > 0:
+                    _local.carry = min(getattr(_local, "carry", 0.0) + lost, _MAX_CARRY)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -108,3 +115,4 @@ class stretched:  # noqa: N801 - used like a function: ``with stretched(COMPUTE)
             now = time.perf_counter()
         # late (overslept, or contention above k): the next stretches catch up, bounded
         _local.carry = min(max(0.0, now - target), _MAX_CARRY)
+        _local.last = (now, time.thread_time())
