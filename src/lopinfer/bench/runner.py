@@ -197,7 +197,10 @@ def run_args(args: argparse.Namespace) -> int:
     if not use_lab:
         print(f"bench: {why if not ok else 'asked for'}: using the user-space shaped link; "
               "the device is not throttled", file=sys.stderr)
-    server_s = calibrate(1 if use_lab else None) if args.dilation == "auto" or use_lab else None
+    # vgg19_bn's server time: the dilation, and the cfs device's reference (stretch and a
+    # given dilation need it not, nor torchvision)
+    need_vgg = args.dilation == "auto" or (use_lab and args.device_model == "cfs")
+    server_s = calibrate(1 if use_lab else None) if need_vgg else None
     dilation = server_s / SEED_GPU_VGG19_BN_S if args.dilation == "auto" and server_s \
         else float(args.dilation)
     print(f"bench: dilation {dilation:.1f} (server vgg19_bn here / {SEED_GPU_VGG19_BN_S * 1e3} ms)",
@@ -224,10 +227,9 @@ def run_args(args: argparse.Namespace) -> int:
             meta["server_cpu_stretch"] = dilation
         with edgelab.EdgeLab(name="lopb", rate_up=rate0, rate_down=rate0,
                              device_share=1.0 if stretch else 1 / args.device_slowdown) as lab:
-            assert server_s is not None
             meta["server_vgg19_bn_s"] = server_s
-            meta["calibration"] = (_calibrate_stretch if stretch else _calibrate_models)(
-                lab, spec["models"], server_s, args)
+            meta["calibration"] = (_calibrate_stretch(lab, spec["models"], args) if stretch
+                                   else _calibrate_models(lab, spec["models"], server_s or 0.0, args))
             server = lab.spawn_server(_serve_argv("tcp://10.77.0.2:7700"),
                                       env=server_env, stdout=subprocess.PIPE, text=True)
             _wait_listening(server)
@@ -273,7 +275,7 @@ def _calibrate_models(lab: Any, models: list[dict], server_vgg_s: float,
     return out
 
 
-def _calibrate_stretch(lab: Any, models: list[dict], server_vgg_s: float,
+def _calibrate_stretch(lab: Any, models: list[dict],
                        args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The stretch factor of each model (written into its spec entry): the server's
     wall time for it over the device core's CPU time for it (both unthrottled, one
