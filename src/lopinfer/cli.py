@@ -73,6 +73,8 @@ def _load(args: argparse.Namespace, *, batch: int | None = None, dtype: str = "f
         shape = (batch, *shape[1:])
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     model = loaded.module.to(torch_dtype)
+    if loaded.example is not None and tuple(shape) == loaded.input_shape and dtype == "float32":
+        return model, loaded.example_input(), loaded.name  # a real frame or grid (lopinfer:)
     x = torch.randn(shape, dtype=torch_dtype)
     return model, x, loaded.name
 
@@ -313,7 +315,8 @@ def _run_plan(args: argparse.Namespace) -> int:
     res = plan_all(graph, cm, obj)
     from .scheduler.limit import physical_limit
 
-    limit = physical_limit(graph, cm)  # the best bound over every plan family
+    # the best bound over every plan family (and the planners' own plans)
+    limit = physical_limit(graph, cm, also=[v.plan for v in res.values()])
     rows: list[dict[str, Any]] = [{"planner": k, "plan": v.plan.name, "latency_ms": 1e3 * v.latency_s,
              "energy_mj": 1e3 * v.energy_j, "bound_ms": 1e3 * v.bound_s,
              "bytes_up": v.prediction.bytes_up, "bytes_down": v.prediction.bytes_down,

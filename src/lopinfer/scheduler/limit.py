@@ -24,6 +24,7 @@ compress it (judged at the value's full size: fine tiles are batched in the limi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..graph import Graph
@@ -166,13 +167,15 @@ def _golden(f: object, lo: float, hi: float, steps: int = 12) -> tuple[float, fl
 
 
 def physical_limit(graph: Graph, cost: CostModel, *, points: int = 6,
-                   fractions: int = 6, golden: int = 5, max_runs: int = 4) -> Limit:
+                   fractions: int = 6, golden: int = 5, max_runs: int = 4,
+                   also: Iterable[Plan] = ()) -> Limit:
     """The least pipeline bound over the plan families of the module doc.
 
     ``points``: positions per maximal local run between which sub-runs are split, in
     the ``max_runs`` runs with the most device work;
     ``fractions``: the coarse grid of split fractions before ``golden`` golden-section
-    steps around the best of them."""
+    steps around the best of them; ``also``: more plans (e.g. the planners' choices, so
+    that the limit is never above any plan they found)."""
     m = _Model(graph, cost)
     best: dict[str, Bound] = {}
     tried = 0
@@ -185,6 +188,8 @@ def physical_limit(graph: Graph, cost: CostModel, *, points: int = 6,
             best[family] = b
         return b.seconds
 
+    for p in also:
+        consider(p.kind, p)
     consider("local", local_plan(graph))
     consider("offload", offload_plan(graph, 1))
     for k in range(1, len(graph)):
