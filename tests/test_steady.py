@@ -101,6 +101,10 @@ def test_keyed_work_takes_k_times_its_least_cpu_time(stretch):
     _in_thread(lambda: run(0.004))
     wall = _in_thread(lambda: run(0.012))  # the same work, three times the CPU this time
     assert wall < 5.0 * 0.012 * 0.8  # stretched from the least seen, not from this run
+    for _ in range(steady.FREEZE - 2):
+        _in_thread(lambda: run(0.004))
+    # frozen: a cheaper run now no longer lowers its reference (the device holds still)
+    assert _in_thread(lambda: run(0.001)) > 5.0 * 0.004 * 0.9
 
 
 def test_preemption_between_tasks_is_made_up(stretch):

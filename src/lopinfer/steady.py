@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Hashable
 
-__all__ = ["COMPUTE", "CPU", "stretched", "set_stretch", "factor"]
+__all__ = ["COMPUTE", "CPU", "FREEZE", "stretched", "set_stretch", "factor"]
 
 COMPUTE, CPU = "compute", "cpu"
 
@@ -47,7 +47,8 @@ _factors = {COMPUTE: _env("LOPINFER_STRETCH_COMPUTE"), CPU: _env("LOPINFER_STRET
 _local = threading.local()
 _MAX_CARRY = 0.05  # seconds of lateness a thread may make up later
 _GAP_S = 0.01  # a gap this short between two stretches is the same burst of work
-_best: dict[Hashable, float] = {}  # key -> least CPU seconds seen
+FREEZE = 3  # measurements of a key before its reference CPU time is fixed
+_best: dict[Hashable, tuple[float, int]] = {}  # key -> (least CPU seconds, measurements)
 _MAX_KEYS = 1 << 18
 
 
@@ -73,9 +74,11 @@ class stretched:  # noqa: N801 - used like a function: ``with stretched(COMPUTE)
     """Context manager: the block takes ``factor(kind)`` times its thread CPU time.
 
     With a ``key`` (the same work each time: a node's rows of one graph), the CPU time
-    used is the least this process has seen for that key: contention for memory
-    bandwidth and caches on a shared host varies the CPU time of the same tile by
-    several percent, and the device being emulated does not share them.
+    used is the least of the first :data:`FREEZE` measurements of that key, then fixed:
+    contention for memory bandwidth and caches on a shared host varies the CPU time of
+    the same tile by several percent (tens on memory-bound maps), the device being
+    emulated does not share them, and a minimum that kept falling would make the device
+    drift faster over a run. After its warm-up the device holds still.
     Free when the factor is 1 (two attribute reads)."""
 
     __slots__ = ("k", "t0", "c0", "key")
@@ -100,13 +103,13 @@ class stretched:  # noqa: N801 - used like a function: ``with stretched(COMPUTE)
             return
         cpu = time.thread_time() - self.c0
         if self.key is not None:
-            best = _best.get(self.key)
-            if best is None or cpu < best:
+            best, seen = _best.get(self.key, (cpu, 0))
+            if seen < FREEZE:
                 if len(_best) >= _MAX_KEYS:
-                    _best.clear()  # bounded: a long-lived process re-learns its minima
-                _best[self.key] = cpu
-            else:
-                cpu = best
+                    _best.clear()  # bounded: a long-lived process re-learns its references
+                best = min(best, cpu)
+                _best[self.key] = (best, seen + 1)
+            cpu = best
         carry = getattr(_local, "carry", 0.0)  # overslept before: owed back now
         target = self.t0 + self.k * cpu - carry
         now = time.perf_counter()

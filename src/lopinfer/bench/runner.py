@@ -89,7 +89,7 @@ with torch.inference_mode():
     while len(ts) < {runs} or (sum(ts) < 2.0 and len(ts) < 25):  # fast models: more runs
         s, c = time.perf_counter(), time.thread_time(); m(x)
         ts.append(time.perf_counter() - s); cs.append(time.thread_time() - c)
-print(sorted(ts)[len(ts) // 2], sorted(cs)[len(cs) // 2], flush=True)
+print(sorted(ts)[len(ts) // 2], min(cs), flush=True)  # min: as lopinfer.steady's references
 """
 
 
@@ -98,8 +98,8 @@ def calibrate(cpu: int | None = None, *, lab: Any = None, runs: int = 3,
               cpu_time: bool = False, executor: bool = False) -> float:
     """Median seconds of one inference of ``model`` on one thread of this machine
     (pinned to ``cpu``; in the device cgroup of ``lab`` when given: the model is built
-    unthrottled, then timed); with ``cpu_time``, the thread's CPU seconds instead of
-    wall seconds; with ``executor``, run by the tiled executor (the local plan) rather
+    unthrottled, then timed); with ``cpu_time``, the least CPU seconds of the thread
+    (what a steady device's stretch is a multiple of) instead of the median wall seconds; with ``executor``, run by the tiled executor (the local plan) rather
     than as a plain module. At least ``runs`` runs, more for fast models."""
     argv = [sys.executable, "-c", _TIMER.format(runs=runs, model=model, shape=input_shape,
                                                 executor=executor)]
