@@ -29,6 +29,7 @@ from lopinfer.bench.runner import calibrate, calibrate_device  # noqa: E402
 
 _RUN = """\
 import json, os, sys, time, torch, lopinfer
+from lopinfer import steady
 from lopinfer.models import load_model
 from lopinfer.runtime import TiledExecutor
 torch.set_num_threads(1)
@@ -36,8 +37,11 @@ loaded = load_model({model!r}); x = loaded.example_input()
 ex = TiledExecutor(lopinfer.capture(loaded.module, (x,)), 1)
 print("ready", os.getpid(), flush=True)
 sys.stdin.readline()  # the orchestrator may throttle this process first
-for _ in range(3):  # warm-up: oneDNN packing; a steady device's references settle
+for _ in range(steady.FREEZE):  # warm-up: oneDNN packing; the references settle
     ex(x)
+if {target!r}:  # stretched: correct k once, as the bench's device does
+    s = time.perf_counter(); ex(x)
+    steady.set_stretch(compute=steady.factor() * {target!r} / (time.perf_counter() - s))
 ts = []
 for _ in range({repeats}):
     s = time.perf_counter(); ex(x); ts.append(time.perf_counter() - s)
@@ -45,8 +49,10 @@ print(json.dumps(ts), flush=True)
 """
 
 
-def _runs(model: str, cpu: int, repeats: int, env: dict, lab=None) -> list[float]:
-    argv = ["taskset", "-c", str(cpu), sys.executable, "-c", _RUN.format(model=model, repeats=repeats)]
+def _runs(model: str, cpu: int, repeats: int, env: dict, lab=None,
+          target: float = 0.0) -> list[float]:
+    argv = ["taskset", "-c", str(cpu), sys.executable, "-c",
+            _RUN.format(model=model, repeats=repeats, target=target)]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
@@ -79,7 +85,8 @@ def main() -> int:
                     cpu_s = calibrate(lab.device_cpu, model=model, cpu_time=True, executor=True)
                     k = args.slowdown * server_s / cpu_s
                     ts = _runs(model, lab.device_cpu, args.repeats,
-                               {**env, "LOPINFER_STRETCH_COMPUTE": str(k)})
+                               {**env, "LOPINFER_STRETCH_COMPUTE": str(k)},
+                               target=args.slowdown * server_s)
                     knob = {"stretch": k}
                 else:
                     share, _ = calibrate_device(lab, server_s, args.slowdown, rounds=2, model=model)

@@ -295,6 +295,7 @@ def _calibrate_stretch(lab: Any, models: list[dict],
         print(f"bench: {m['spec']}: server {server_s * 1e3:.0f} ms, device CPU "
               f"{device_cpu_s * 1e3:.0f} ms -> stretch {k:.2f}", file=sys.stderr)
         m["stretch"] = k
+        m["target_s"] = args.device_slowdown * server_s  # the device corrects k to it
         out[m["spec"]] = {"stretch": k, "server_s": server_s, "device_cpu_s": device_cpu_s,
                           "on": spec}
     return out
