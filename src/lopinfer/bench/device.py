@@ -145,7 +145,9 @@ async def run(spec: dict) -> None:
         graph = await asyncio.to_thread(lopinfer.capture, model, (x,))
         control.calibrated(m)
         control.throttle(True)  # the device's costs are measured as the device is
-        mine = await asyncio.to_thread(profile, graph, tiles=(1, 4), repeats=1, name="device")
+        # on the real input: the LZ4 ratios of a camera frame's or a grid's activations
+        mine = await asyncio.to_thread(profile, graph, (x,), tiles=(1, 4), repeats=1,
+                                       name="device")
         control.throttle(False)  # planning is deploy-time work, not in any latency
         # weights are installed on a server once, not per inference: upload them over a
         # fast link so that the deploy below sends only the content hash

@@ -111,7 +111,10 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
         except (OSError, ValueError, KeyError, TypeError):
             pass  # absent, or unreadable: profile again and rewrite it
     if inputs is None:
+        # a uint8 frame of zeros would make every activation compress ~100x (the LZ4
+        # ratios are profiled on these values): random pixels instead
         inputs = tuple(torch.randn(m.shape).to(m.dtype) if m.dtype.is_floating_point
+                       else torch.randint(0, 256, m.shape, dtype=m.dtype) if m.dtype == torch.uint8
                        else torch.zeros(m.shape, dtype=m.dtype) for m in graph.inputs.values())
     inputs = tuple(x.to(dev) for x in inputs)
     samples: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
