@@ -41,7 +41,8 @@ class _Usage(LopInferError):
 # -- shared options and helpers ------------------------------------------------------------
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
-                   help="torchvision:NAME, package.module:factory or path/to/file.py:factory")
+                   help="torchvision:NAME, timm:NAME, package.module:factory or "
+                        "path/to/file.py:factory")
     p.add_argument("--input-shape", metavar="SHAPE", default=None,
                    help="example input shape, e.g. 1,3,224,224 (default: the model's own, "
                         "else 1,3,224,224)")
@@ -284,11 +285,17 @@ def parse_rate(text: str) -> float:
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
-    p.add_argument("--bandwidth", required=True, help="link rate, e.g. 10MB/s (both directions)")
+    p.add_argument("--bandwidth", default=None,
+                   help="link rate, e.g. 10MB/s (both directions); or measure it with --server")
+    p.add_argument("--server", metavar="URL", default=None,
+                   help="plan for this server: the link probed and the server's own profile "
+                        "(this machine is the client)")
+    _add_token_args(p)
     p.add_argument("--rtt", type=float, default=2.0, help="round-trip time in ms (default 2)")
-    p.add_argument("--client-speed", type=float, default=18.0, metavar="X",
+    p.add_argument("--client-speed", type=float, default=None, metavar="X",
                    help="the device is X times slower than this machine (default 18, the "
-                        "seed's robot vs server); this machine is profiled as the server")
+                        "seed's robot vs server, with this machine profiled as the server; "
+                        "with --server: 1, this machine is the client)")
     p.add_argument("--device-profile", default="jetson-xavier-nx",
                    help="power model of the device for the energy column")
     p.add_argument("--objective", choices=("latency", "energy"), default="latency")
@@ -301,16 +308,31 @@ def _run_plan(args: argparse.Namespace) -> int:
     from .scheduler.planners import plan_all
     from .scheduler.profiler import profile
 
-    bw = parse_rate(args.bandwidth)
+    if (args.bandwidth is None) == (args.server is None):
+        raise _Usage("give --bandwidth RATE, or --server URL to measure the link")
     if args.device_profile not in DEVICE_PROFILES:
         raise _Usage(f"unknown --device-profile {args.device_profile!r}; known: "
                      f"{', '.join(DEVICE_PROFILES)}")
     model, x, name = _load(args)
     graph = capture(model, (x,), name=name)
-    server = profile(graph, (x,), name="server(here)")
-    client = server.scaled(args.client_speed, "client")
-    link = Link(bw, args.rtt / 2000)
-    cm = CostModel(client, server, link, Link(bw, args.rtt / 2000))
+    if args.server is not None:
+        from .runtime.survey import measured_cost_model
+        from .transports import run as run_async
+
+        speed = args.client_speed or 1.0
+        mine = profile(graph, (x,), name="client").scaled(speed, "client") if speed != 1 else None
+        cm = run_async(measured_cost_model(args.server, graph, token=_token(args),
+                                           client_costs=mine))
+        bw = cm.up.bandwidth
+        args.client_speed = speed
+        args.bandwidth = f"measured {bw / 1e6:.3g} MB/s"
+    else:
+        bw = parse_rate(args.bandwidth)
+        args.client_speed = 18.0 if args.client_speed is None else args.client_speed
+        server = profile(graph, (x,), name="server(here)")
+        client = server.scaled(args.client_speed, "client")
+        link = Link(bw, args.rtt / 2000)
+        cm = CostModel(client, server, link, Link(bw, args.rtt / 2000))
     obj = Objective(args.objective, None, DEVICE_PROFILES[args.device_profile])
     res = plan_all(graph, cm, obj)
     from .scheduler.limit import physical_limit
@@ -323,7 +345,7 @@ def _run_plan(args: argparse.Namespace) -> int:
              "x_limit": v.latency_s / limit.seconds if limit.seconds else None}
             for k, v in res.items()]
     if args.json:
-        _print_json({"model": name, "bandwidth": bw, "client_speed": args.client_speed,
+        _print_json({"model": name, "bandwidth": bw, "server": args.server, "client_speed": args.client_speed,
                      "objective": args.objective, "limit_ms": 1e3 * limit.seconds,
                      "limit_plan": limit.best.plan, "plans": rows,
                      "lopinfer_plan": res["lopinfer"].plan.to_dict()})
@@ -335,6 +357,50 @@ def _run_plan(args: argparse.Namespace) -> int:
                title=f"{name}: {args.bandwidth} link, device {args.client_speed:g}x slower")
         print(f"limit {1e3 * limit.seconds:.2f} ms ({limit.best.plan}): the best pipeline "
               f"bound over {limit.plans} plans")
+    return 0
+
+
+def _add_token_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token-file", metavar="F", default=None,
+                   help="file holding the server's token (or set LOPINFER_TOKEN)")
+
+
+def _token(args: argparse.Namespace) -> str:
+    if getattr(args, "token_file", None):
+        try:
+            with open(args.token_file) as f:
+                return f.read().strip()
+        except OSError as exc:
+            raise _Usage(f"--token-file {args.token_file}: {exc.strerror or exc}") from None
+    return os.environ.get("LOPINFER_TOKEN", "")
+
+
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", metavar="URL", help="the server, e.g. tcp://192.168.50.1:7700")
+    _add_token_args(p)
+    p.add_argument("--timeout", type=float, default=10.0, help="connect timeout, seconds")
+    p.add_argument("--seconds", type=float, default=2.0,
+                   help="longest time the probe may take (default 2)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from .runtime.survey import probe_report, probe_server
+    from .transports import run as run_async
+
+    probe, welcome = run_async(probe_server(args.url, token=_token(args), timeout=args.timeout,
+                                            max_seconds=args.seconds))
+    doc = probe_report(args.url, probe, welcome)
+    if args.json:
+        _print_json(doc)
+        return 0
+    print(f"server {doc['server'] or '?'} ({doc['device']}) at {args.url}")
+    print(f"  rtt        {doc['rtt_ms']:.2f} ms")
+    print(f"  up         {doc['up_bytes_per_s'] / 1e6:.3g} MB/s")
+    print(f"  down       {doc['down_bytes_per_s'] / 1e6:.3g} MB/s")
+    print(f"  per frame  {doc['up_frame_us']:.0f} us up, {doc['down_frame_us']:.0f} us down")
+    print(f"  measured in {doc['seconds']:.2f} s; plan with: lopinfer plan MODEL "
+          f"--server {args.url}")
     return 0
 
 
@@ -369,6 +435,8 @@ COMMANDS: list[Command] = [
      _demo_args, _run_demo),
     ("plan", "every planner's plan for a model at a bandwidth: latency, energy, bound",
      _plan_args, _run_plan),
+    ("probe", "measure the link to a server: RTT, up/down rate, per-frame cost",
+     _probe_args, _run_probe),
     ("inspect", "capture a model and show every node: local or global, halo, FLOPs",
      _inspect_args, _run_inspect),
     ("verify", "run a model plainly and tiled, and check the results are exact",

@@ -99,17 +99,46 @@ async def run_demo(*, transport: str = "tcp", repeats: int = 3, tiles: int = 4,
                 "bytes_up": report.bytes_up, "bytes_down": report.bytes_down,
                 "overlap": report.overlap, "exact": bool(exact),
             })
-    return {"model": name, "input": list(x.shape), "transport": transport, "rows": rows}
+    return {"model": name, "input": list(x.shape), "transport": transport, "rows": rows,
+            "fastest_exact": fastest_exact(rows)}
+
+
+# what each plan kind's name means, printed under the table
+LEGEND = {
+    "local": "local: every node on the client, no server",
+    "offload": "offload/tN: every node on the server, the input streamed up in N tiles",
+    "cut": "cut@k/tN: nodes [0, k) on the client, the rest on the server",
+    "split": "split[a:b]@f/send|recompute/tN: both peers compute nodes [a, b) at once, the "
+             "client the first f of each node's rows; halo rows sent or recomputed",
+}
+
+
+def fastest_exact(rows: list[dict[str, Any]]) -> str | None:
+    """The plan with the least latency among the exact ones (None if none is)."""
+    exact = [r for r in rows if r["exact"]]
+    return min(exact, key=lambda r: r["latency_ms"])["plan"] if exact else None
 
 
 def format_table(result: dict[str, Any]) -> str:
-    head = f"{'plan':<34} {'latency ms':>10} {'up KB':>9} {'down KB':>8} {'overlap':>8}  exact"
+    head = f"  {'plan':<34} {'latency ms':>10} {'up KB':>9} {'down KB':>8} {'overlap':>8}  exact"
     lines = [f"model {result['model']} input {result['input']} over {result['transport']} loopback",
              head, "-" * len(head)]
+    best = fastest_exact(result["rows"])
     for r in result["rows"]:
-        lines.append(f"{r['plan']:<34} {r['latency_ms']:>10.1f} {r['bytes_up'] / 1024:>9.1f} "
+        mark = "* " if r["plan"] == best else "  "
+        lines.append(f"{mark}{r['plan']:<34} {r['latency_ms']:>10.1f} {r['bytes_up'] / 1024:>9.1f} "
                      f"{r['bytes_down'] / 1024:>8.1f} {r['overlap']:>8.0%}  "
                      f"{'yes' if r['exact'] else 'NO'}")
+    lines.append("")
+    if best is not None:
+        lines.append(f"* fastest exact plan: {best}")
+    kinds = []
+    for r in result["rows"]:
+        if r["kind"] not in kinds:
+            kinds.append(r["kind"])
+    lines += [f"  {LEGEND.get(k, k)}" for k in kinds]
+    lines.append("  /tN: N tiles of rows per node; overlap: share of the shorter peer's "
+                 "busy time hidden under the other's")
     return "\n".join(lines)
 
 

@@ -19,9 +19,11 @@ __all__ = [
     "ConnectionClosedError",
     "TransportTimeoutError",
     "ProtocolError",
+    "ProtocolVersionError",
     "DeployError",
     "AuthError",
     "RemoteError",
+    "ModelChangedError",
     "MissingDependencyError",
 ]
 
@@ -51,7 +53,15 @@ class TransportError(LopInferError):
 
 
 class ConnectError(TransportError):
-    """Could not connect to, or listen on, the given address."""
+    """Could not connect to, or listen on, the given address.
+
+    ``reason`` says why, when the client could tell: ``"refused"`` (nothing listens),
+    ``"timeout"`` (no answer: unreachable or filtered), ``"dns"`` (the name does not
+    resolve), ``"unreachable"`` (no route), ``"tls"`` (the handshake failed),
+    ``"no_hello"`` (connected, but no LOPInfer server answered), or ``""``.
+    """
+
+    reason: str = ""
 
 
 class ConnectionClosedError(TransportError):
@@ -66,6 +76,10 @@ class ProtocolError(LopInferError):
     """Bytes from the peer do not form a valid frame or message."""
 
 
+class ProtocolVersionError(ProtocolError):
+    """Client and server speak different protocol versions (install the same lopinfer)."""
+
+
 class DeployError(ProtocolError):
     """A deployed graph or its weights fail validation (names the node or field)."""
 
@@ -76,6 +90,10 @@ class AuthError(LopInferError):
 
 class RemoteError(LopInferError):
     """The peer reported an error while serving a request."""
+
+
+class ModelChangedError(LopInferError):
+    """The model's weights changed after deploy and the session is ``strict``."""
 
 
 class MissingDependencyError(LopInferError, ImportError):

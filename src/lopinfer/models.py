@@ -1,12 +1,14 @@
 """Loading a model from a ``MODEL`` string (the command line's way to name a model).
 
-Four forms:
+Five forms:
 
 - ``lopinfer:NAME``: one of this project's application workloads
   (:mod:`lopinfer.workloads`: ``kapao``, ``agrnav``, ``segment``, ...), random weights,
   with a realistic example input;
 - ``torchvision:NAME``: ``torchvision.models.get_model(NAME, weights=None)``, random
   weights, nothing downloaded (needs the ``vision`` extra);
+- ``timm:NAME``: ``timm.create_model(NAME, pretrained=False)``, random weights, nothing
+  downloaded (needs the ``timm`` extra);
 - ``package.module:factory``: an importable module and a callable in it;
 - ``path/to/file.py:factory``: a Python file and a callable in it.
 
@@ -105,11 +107,11 @@ def load_model(spec: str) -> LoadedModel:
     Raises:
         ModelSpecError: malformed string, unknown module/file/attribute, a factory that
             fails or does not return an ``nn.Module``.
-        MissingDependencyError: ``torchvision:`` without torchvision installed.
+        MissingDependencyError: ``torchvision:`` / ``timm:`` without the package.
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise ModelSpecError(
-            f"bad MODEL {spec!r}: expected lopinfer:NAME, torchvision:NAME, package.module:factory "
+            f"bad MODEL {spec!r}: expected lopinfer:NAME, torchvision:NAME, timm:NAME, package.module:factory "
             "or path/to/file.py:factory"
         )
     source, _, attr = spec.rpartition(":")
@@ -119,6 +121,8 @@ def load_model(spec: str) -> LoadedModel:
         return _load_torchvision(spec, attr)
     if source == "lopinfer":
         return _load_workload(spec, attr)
+    if source == "timm":
+        return _load_timm(spec, attr)
     if source.endswith(".py") or "/" in source or "\\" in source:
         module = _import_file(spec, source)
     else:
@@ -139,7 +143,8 @@ def _load_torchvision(spec: str, name: str) -> LoadedModel:
     known = set(models.list_models())
     if name not in known:
         raise ModelSpecError(
-            f"unknown torchvision model {name!r} (see torchvision.models.list_models())"
+            f"unknown torchvision model {name!r}{_closest(name, known)} "
+            "(see torchvision.models.list_models())"
         )
     builder = models.get_model_builder(name)
     kwargs: dict[str, Any] = {"weights": None}
@@ -165,6 +170,32 @@ def _load_workload(spec: str, name: str) -> LoadedModel:
     except KeyError as exc:
         raise ModelSpecError(f"bad MODEL {spec!r}: {exc.args[0]}") from None
     return LoadedModel(spec, name, w.make().eval(), w.shape, w.example)
+
+
+def _load_timm(spec: str, name: str) -> LoadedModel:
+    try:
+        import timm
+    except ImportError as exc:
+        raise MissingDependencyError("timm", "timm", f"MODEL {spec!r}") from exc
+    known = set(timm.list_models())
+    if name not in known:
+        raise ModelSpecError(f"unknown timm model {name!r}{_closest(name, known)} "
+                             "(see timm.list_models())")
+    try:
+        model = timm.create_model(name, pretrained=False)  # random weights: nothing fetched
+    except Exception as exc:
+        raise ModelSpecError(f"timm model {name!r} failed to build: {_line(exc)}") from exc
+    size = getattr(model, "pretrained_cfg", {}).get("input_size")
+    shape = (1, *(int(v) for v in size)) if size else None
+    return LoadedModel(spec, name, model.eval(), shape)
+
+
+def _closest(name: str, known: set[str]) -> str:
+    """'; did you mean a, b?' for the nearest known names, or ''."""
+    import difflib
+
+    near = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(near)}?" if near else ""
 
 
 def _import_module(spec: str, source: str) -> Any:

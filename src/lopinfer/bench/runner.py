@@ -45,7 +45,7 @@ __all__ = ["add_arguments", "run_args", "calibrate", "scenarios"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="torchvision:vgg19_bn",
-                   help="comma-separated MODEL specs (torchvision:NAME, module:factory, file.py:factory)")
+                   help="comma-separated MODEL specs (torchvision:NAME, timm:NAME, module:factory, file.py:factory)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated: local,offload,neurosurgeon,dads,lopinfer,lopinfer-energy")
     p.add_argument("--scenario", default="fixed:11MB/s",

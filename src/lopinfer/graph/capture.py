@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import operator
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -159,7 +160,9 @@ def capture(model: nn.Module, example_inputs: Any, *, name: str | None = None,
             ) from exc
         tracker.close()
         try:
-            ep = ep.run_decompositions(_decomp_table())
+            with warnings.catch_warnings():  # torch's own deprecation, on every capture
+                warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
+                ep = ep.run_decompositions(_decomp_table())
         except Exception as exc:
             raise CaptureError(f"lowering to core ATen failed: {_first_line(exc)}") from exc
     graph = _to_ir(ep, name or type(model).__name__)

@@ -27,9 +27,12 @@ import torch
 from ..errors import (
     AuthError,
     ConnectError,
+    DeployError,
     LopInferError,
+    ModelChangedError,
     PlanError,
     ProtocolError,
+    ProtocolVersionError,
     RemoteError,
     TransportError,
 )
@@ -50,6 +53,7 @@ from ..transports import (
     Welcome,
 )
 from ..transports import connect as transport_connect
+from .diagnose import check_url, explain_connect_error, hello_failed
 from .executor import TiledExecutor, check_inputs, pack_outputs
 from .peer import DeviceWorker, PeerRun
 from .program import Program, Task, compile_plan
@@ -58,12 +62,15 @@ from .protocol import (
     FRAME_WEIGHTS,
     WEIGHTS_CHUNK,
     Done,
+    FellBack,
     Infer,
     InferFailed,
     PlanReady,
     Report,
     UsePlan,
+    Working,
 )
+from .staleness import ModelWatch
 
 if TYPE_CHECKING:  # the planners import the runtime's program compiler: no cycle at runtime
     from ..scheduler.adapt import Choice, PlanBook
@@ -74,17 +81,26 @@ log = logging.getLogger("lopinfer.client")
 
 
 def connect(url: str, *, token: str = "", timeout: float = 10.0, peer_timeout: float = 30.0,
-            **options: Any) -> Client:
+            strict: bool = False, **options: Any) -> Client:
     """A client for the server at ``url``; use as ``async with connect(url) as client``.
 
     Args:
         token: sent at hello when the server requires one.
         timeout: connect and request timeout (seconds).
+        ca, ssl: for ``tls://`` and ``wss://``: a CA file to trust (e.g. the server's
+            self-signed certificate), or a whole ``ssl.SSLContext``.
         peer_timeout: longest wait for the server's next tile during an inference
             before the client finishes it locally.
+        strict: raise instead of running locally: at connect (``ConnectError`` with a
+            ``reason``, ``AuthError``, ``ProtocolVersionError``, ``MissingDependencyError``),
+            at deploy, and when an inference would fall back.
         **options: transport options (see ``lopinfer.transports.Options``).
+
+    Raises:
+        InputError: a malformed URL (at once, strict or not).
     """
-    return Client(url, token=token, timeout=timeout, peer_timeout=peer_timeout, **options)
+    return Client(url, token=token, timeout=timeout, peer_timeout=peer_timeout, strict=strict,
+                  **options)
 
 
 class Client:
@@ -93,8 +109,18 @@ class Client:
     server_process: Any  # the server's child process, set only by runtime.loopback.loopback()
 
     def __init__(self, url: str, *, token: str = "", timeout: float = 10.0,
-                 peer_timeout: float = 30.0, name: str = "lopinfer-client", **options: Any) -> None:
+                 peer_timeout: float = 30.0, name: str = "lopinfer-client", strict: bool = False,
+                 **options: Any) -> None:
+        check_url(url)  # a typo is not a server that is down: refused at once
         self.url, self.token, self.timeout, self.peer_timeout = url, token, timeout, peer_timeout
+        ca = options.pop("ca", None)
+        if ca is not None and options.get("ssl") is None:  # trust a private CA (tls://, wss://)
+            from ..transports import client_ssl_context
+
+            options["ssl"] = client_ssl_context(ca)
+        self.strict = strict
+        self.last_error: Exception | None = None  # why the last connect attempt failed
+        self.fallbacks: list[tuple[int, str]] = []  # (inference, why) not yet told the server
         self.name, self.options = name, options
         self.conn: Connection | None = None
         self.welcome: Welcome | None = None
@@ -105,6 +131,7 @@ class Client:
         self._ids = itertools.count(1)
         self._backoff = 0.5
         self._next_try = 0.0
+        self._last_heard = 0.0  # time.monotonic() of the last thing the server sent
         self._warned = False
         self.sessions: list[Session] = []
         self.received = ReceiptLog()  # the passive down-link samples
@@ -112,17 +139,28 @@ class Client:
     # -- connection -----------------------------------------------------------------------
     async def open(self) -> None:
         """Connect and say hello. Raises ConnectError, AuthError, ProtocolError."""
-        conn = await transport_connect(self.url, timeout=self.timeout, **self.options)
+        try:
+            conn = await transport_connect(self.url, timeout=self.timeout, **self.options)
+        except ConnectError as exc:
+            raise explain_connect_error(self.url, exc, self.timeout) from exc
         try:
             await conn.send_message(Hello(token=self.token, client_name=self.name))
             reply = await conn.recv(timeout=self.timeout)
+        except (TransportError, ProtocolError) as exc:
+            conn.abort()
+            raise hello_failed(self.url, exc, self.timeout) from exc
         except BaseException:
             conn.abort()
             raise
         if isinstance(reply, Error):
             await conn.aclose()
             if reply.code == "auth":
-                raise AuthError(f"server {self.url} refused the token: {reply.message}")
+                raise AuthError(f"server {self.url} refused the token ({reply.message}): check "
+                                "token= against the server's --token-file")
+            if reply.code == "version":
+                raise ProtocolVersionError(f"server {self.url} speaks another protocol version "
+                                           f"({reply.message}): install the same lopinfer "
+                                           "version on the client and the server")
             raise RemoteError(f"server {self.url} refused the session: {reply.code}: {reply.message}")
         if not isinstance(reply, Welcome):
             conn.abort()
@@ -140,6 +178,9 @@ class Client:
     async def _read_loop(self, conn: Connection) -> None:
         try:
             async for item in conn:
+                self._last_heard = time.monotonic()
+                if isinstance(item, Working):
+                    continue  # a long request is still being served
                 if isinstance(item, Frame):
                     pending = self._runs.get(item.inference_id)
                     if pending is None:
@@ -157,6 +198,13 @@ class Client:
         finally:
             self._lost(conn)
 
+    def give_up(self, conn: Connection) -> None:
+        """Drop a connection to a server that stopped answering, and wait out the
+        backoff before trying it again (each try would cost a whole timeout)."""
+        self._next_try = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 30.0)
+        self._lost(conn)
+
     def _lost(self, conn: Connection) -> None:
         if self.conn is conn:
             self.conn = None
@@ -165,20 +213,42 @@ class Client:
             pending.link_lost("the connection to the server was lost")
         self._replies.put_nowait(None)
 
-    async def _request(self, msg: Any, want: type, *, timeout: float | None = None) -> Any:
+    async def request(self, msg: Any, want: type, *, timeout: float | None = None) -> Any:
+        """Send ``msg`` and wait for the reply of type ``want``.
+
+        The wait ends when the server is silent for ``timeout`` seconds (default
+        ``peer_timeout``): a server doing long honest work says so (``Working``), a
+        hung one is given up on, and its connection dropped.
+
+        Raises:
+            ConnectError: not connected, the connection was lost, or the server was silent.
+            PlanError, DeployError, AuthError, RemoteError: the server refused the request.
+        """
         if self.conn is None:
             raise ConnectError(f"not connected to {self.url}")
-        await self.conn.send_message(msg, timeout=self.timeout)
-        try:
-            reply = await asyncio.wait_for(self._replies.get(), timeout or self.timeout * 6)
-        except asyncio.TimeoutError:
-            raise ConnectError(f"no reply to {type(msg).__name__} from {self.url} "
-                               f"within {timeout or self.timeout * 6:g} s") from None
+        conn = self.conn
+        limit = timeout or self.peer_timeout
+        await conn.send_message(msg, timeout=limit)
+        sent = time.monotonic()
+        while True:
+            # our own upload still going counts as the exchange being alive
+            silent = time.monotonic() - max(sent, self._last_heard, conn.last_activity)
+            if silent >= limit:
+                self.give_up(conn)  # a server that does not answer is as good as gone
+                raise ConnectError(f"no reply to {type(msg).__name__} from {self.url}: the "
+                                   f"server was silent for {limit:g} s")
+            try:
+                reply = await asyncio.wait_for(self._replies.get(), limit - silent)
+                break
+            except asyncio.TimeoutError:
+                continue
         if reply is None:
             raise ConnectError(f"connection to {self.url} lost")
         if isinstance(reply, Error):
             if reply.code == "plan":
                 raise PlanError(f"server rejected the plan: {reply.message}")
+            if reply.code == "deploy":
+                raise DeployError(f"server refused the deployment: {reply.message}")
             if reply.code == "profile":
                 raise RemoteError(f"server could not profile the model: {reply.message}")
             raise RemoteError(f"{reply.code}: {reply.message}")
@@ -186,20 +256,27 @@ class Client:
             raise ProtocolError(f"expected {want.__name__}, got {type(reply).__name__}")
         return reply
 
+    _request = request  # the name the runtime's own modules used
+
     async def ensure_connected(self) -> bool:
         """Reconnect if the link is down and the backoff allows; True when connected."""
         if self.connected:
             return True
-        now = time.monotonic()
-        if now < self._next_try:
+        if time.monotonic() < self._next_try and not self.strict:
             return False
         try:
             await self.open()
+            self.last_error = None
             return True
         except (LopInferError, OSError) as exc:
-            self._next_try = now + self._backoff
+            self.last_error = exc
+            # counted from the failure: an attempt that waited out a timeout must not
+            # be followed at once by another one
+            self._next_try = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, 30.0)
             log.info("server %s unreachable: %s", self.url, exc)
+            if self.strict:
+                raise
             return False
 
     # -- deploy ---------------------------------------------------------------------------
@@ -209,7 +286,8 @@ class Client:
                      device_profile: str | DeviceProfile | None = None,
                      client_costs: PeerCosts | None = None, adapt: bool = True,
                      grid: list[float] | None = None, progress: bool = False,
-                     extra_methods: tuple[str, ...] = ()) -> Session:
+                     extra_methods: tuple[str, ...] = (), strict: bool | None = None,
+                     watch: ModelWatch | None = None) -> Session:
         """Capture ``model``, upload it unless the server has it, measure, plan.
 
         With ``planner`` (default ``"lopinfer"``; or ``local``, ``offload``,
@@ -230,6 +308,11 @@ class Client:
             extra_methods: more planners for the plan book (``"lopinfer-energy"``: least
                 device energy at no more than offload's latency), for
                 :meth:`Session.use_planner`.
+            strict: when the model's parameters or buffers change after deploy, raise
+                :class:`ModelChangedError` at the next inference instead of redeploying
+                (default: the client's ``strict``, else False).
+            watch: how to notice such changes and capture the model again (made here
+                for an ``nn.Module``; the facade passes its own).
 
         A server that cannot be reached gives a local session (warned once).
 
@@ -243,10 +326,15 @@ class Client:
         if plan is None and planner not in PLANNERS and planner != "lopinfer":
             raise PlanError(f"unknown planner {planner!r}; use one of "
                             f"{sorted([*PLANNERS, 'lopinfer'])}")
+        if watch is None and isinstance(model, torch.nn.Module):
+            module = model
+            watch = ModelWatch(module, lambda xs: capture(module, xs))
         graph = model if isinstance(model, Graph) else await asyncio.to_thread(
             capture, model, example_inputs)
         session = Session(self, graph, objective=obj, planner=None if plan is not None else planner,
                           adapt=adapt and plan is None)
+        session.watch = watch
+        session.strict = self.strict if strict is None else strict
         session.default_plan = plan if plan is not None else offload_plan(graph, 4, min_rows=2)
         compile_plan(graph, session.default_plan)  # invalid plans fail here, named
         if await self.ensure_connected():
@@ -256,9 +344,17 @@ class Client:
                     await session.measure_and_plan(client_costs=client_costs, grid=grid,
                                                    progress=progress, extra_methods=extra_methods)
             except (TransportError, ConnectError) as exc:
+                if self.strict:
+                    raise
                 self._warn(f"server {self.url} lost during deploy ({exc}); running locally")
+            except DeployError as exc:  # over a server limit, say: it will not change
+                if self.strict:
+                    raise
+                session.refused = str(exc)
+                self._warn(f"{exc}; running locally")
         else:
-            self._warn(f"server {self.url} unreachable; running locally until it is back")
+            self._warn(f"{self.last_error or f'server {self.url} unreachable'}; running "
+                       "locally until the server is reachable")
         self.sessions.append(session)
         return session
 
@@ -266,7 +362,9 @@ class Client:
         if not self._warned:
             warnings.warn(message, RuntimeWarning, stacklevel=3)
             self._warned = True
-        log.warning(message)
+            log.debug(message)  # the warning said it: printed once, not twice
+        else:
+            log.info(message)
 
     async def aclose(self) -> None:
         for session in self.sessions:
@@ -366,6 +464,61 @@ class Session:
         self._executors: collections.OrderedDict[int, TiledExecutor] = collections.OrderedDict()
         self._server_plans: dict[int, tuple[Plan, Any, int]] = {}
         self._lock = asyncio.Lock()
+        self.watch: ModelWatch | None = None
+        self.strict = False
+        self.refused = ""  # why the server refused this model (then it runs locally)
+        self.redeploys = 0  # times the model's changed weights were deployed again
+
+    async def _follow_model(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        """If the model's weights changed since deploy, capture and deploy it again (or
+        raise, when strict): a plan must never mix old server weights with new ones."""
+        if self.watch is None or not self.watch.changed():
+            return
+        if self.strict:
+            raise ModelChangedError(f"{self.graph.name}: the model's parameters or buffers "
+                                    f"changed after deploy (strict session: deploy it again)")
+        graph = await asyncio.to_thread(self.watch.recapture, inputs)
+        from ..graph.serialize import graph_to_json
+
+        same = graph_to_json(graph) == graph_to_json(self.graph)
+        plan = self.plan
+        self.graph, self.redeploys = graph, self.redeploys + 1
+        self._programs.clear()  # compiled programs and executors hold the old weights
+        self._executors.clear()
+        self._local = None
+        self._server_plans.clear()
+        self.plan = self.program = None
+        self.remote = False
+        if not same:  # another structure: plans are made anew for it
+            if self.planner is None:
+                raise PlanError(f"{graph.name}: the model's structure changed after deploy and "
+                                f"its plan was given by the caller; deploy it again")
+            self.book, self.cost, self.choice = None, None, None
+            self.default_plan = offload_plan(graph, 4, min_rows=2)
+            plan = None
+        log.info("%s: the model's weights changed; deploying it again", graph.name)
+        target = plan or self.default_plan
+        client = self.client
+        if client.connected:
+            try:
+                self.refused = ""
+                await self.upload(use=False)
+            except DeployError as exc:
+                self.refused = str(exc)
+                log.info("the server refused the changed model: %s", exc)
+            except (TransportError, ConnectError, RemoteError) as exc:
+                # the server may still hold the old weights: never run a plan there now;
+                # the next inference reconnects and uploads the new ones
+                log.info("redeploy failed: %s", exc)
+                if client.conn is not None:
+                    client._lost(client.conn)
+        try:
+            await self.use_plan(target, pin=False)
+        except (TransportError, ConnectError, RemoteError) as exc:
+            log.info("sending the plan failed: %s", exc)
+            if client.conn is not None:
+                client._lost(client.conn)
+            await self.use_plan(target, pin=False)  # compiled here only
 
     async def upload(self, *, use: bool = True) -> None:
         """Deploy the graph (hash first, content only if needed) and, with ``use``, the
@@ -392,8 +545,7 @@ class Session:
                                                         kind=FRAME_WEIGHTS, tensor_id=i))
                 await client._request(Deploy(graph_json=text, content_hash=digest,
                                              weights_chunks=len(chunks),
-                                             weights_size=len(weights)), Deployed,
-                                      timeout=max(client.timeout * 6, 600.0))
+                                             weights_size=len(weights)), Deployed)
         if use:
             await self.use_plan(self.plan or self.default_plan, pin=False)
 
@@ -526,6 +678,9 @@ class Session:
         """
         check_inputs(self.graph, inputs)
         async with self._lock:  # one inference at a time per session: plans switch between
+            await self._follow_model(inputs)
+            if self.refused:  # the server will not run this model: never upload it again
+                return await self._infer_local(inputs, fell_back=True, reason=self.refused)
             client = self.client
             if self.plan is not None and not self.plan.uses_server() and not self.adapt:
                 return await self._infer_local(inputs, fell_back=False)  # chosen, not a fallback
@@ -547,6 +702,9 @@ class Session:
                 return await self._infer_local(inputs, fell_back=False)
             if self.remote and client.connected and self.program is not None:
                 return await self._infer_remote(inputs)
+            if client.strict:
+                raise ConnectError(f"{client.last_error or 'the server is unavailable'} "
+                                   "(strict: not run locally)")
             return await self._infer_local(inputs, fell_back=True, reason="server unavailable")
 
     async def _reprobe_if_stale(self) -> None:
@@ -654,6 +812,9 @@ class Session:
             pending.run = PeerRun(program, "client", on_send=on_send, on_done=on_done,
                                   inputs=inputs)
             assert client.conn is not None  # infer() checked `connected`, no await since
+            while client.fallbacks:  # the server's log and metrics count them
+                fid, why = client.fallbacks.pop(0)
+                await client.conn.send_message(FellBack(inference_id=fid, reason=why[:200]))
             await client.conn.send_message(Infer(inference_id=iid, plan_id=self.plan_id))
             sender = asyncio.create_task(self._send_loop(iid, outbox, pending))
             if not pending.run.finished:
@@ -671,6 +832,11 @@ class Session:
                 pending.run.cancel()
             reason = pending.failure or (str(pending.run.error) if pending.run else "failed")
             log.warning("inference %d finished locally: %s", iid, reason)
+            client.fallbacks.append((iid, reason))  # told to the server when it is back
+            del client.fallbacks[:-16]
+            if client.strict:
+                raise TransportError(f"inference {iid} failed with the server: {reason} "
+                                     "(strict: not finished locally)")
             return await self._infer_local(inputs, fell_back=True, reason=reason, t0=t0)
         latency = time.perf_counter() - t0
         outs = pack_outputs(self.graph, pending.run.outputs())
@@ -689,6 +855,8 @@ class Session:
                 except asyncio.TimeoutError:
                     if time.monotonic() - pending.last_progress > timeout:
                         pending.link_lost(f"no data from the server for {timeout:g} s")
+                        if self.client.conn is not None:  # hung: later calls must not wait
+                            self.client.give_up(self.client.conn)
             if not fut.result():
                 return False
         return pending.failure is None

@@ -22,6 +22,8 @@ from ..errors import InputError
 from ..graph import Graph, capture
 from ..scheduler.plan import Plan
 from .client import Client, Session
+from .diagnose import server_url
+from .staleness import ModelWatch
 
 __all__ = ["LOPInfer"]
 
@@ -30,27 +32,35 @@ class LOPInfer:
     """Synchronous client (see module doc).
 
     Args:
-        ip, port: the server; ``transport`` "tcp" (default), "ws" or "shm".
+        ip, port: the server; ``transport`` "tcp" (default), "ws" or "shm". ``ip`` may
+            also be ``host:port`` or a whole URL (``tcp://host:7711``); ``port``
+            defaults to 7700.
         url: a full URL instead (``tcp://host:port``, ``ws://host:port/path``, ...).
         token: sent at hello when the server requires one.
+        strict: raise when the server cannot be used (refused, unreachable, DNS, wrong
+            token, protocol version, missing extra) instead of warning once and running
+            locally.
         **options: passed to :class:`~lopinfer.runtime.client.Client`.
+
+    Raises:
+        InputError: a malformed ``ip``, ``port``, ``url`` or ``transport`` (at once).
     """
 
-    def __init__(self, ip: str = "127.0.0.1", port: int = 7700, *, transport: str = "tcp",
-                 token: str = "", url: str | None = None, **options: Any) -> None:
+    def __init__(self, ip: str = "127.0.0.1", port: int | None = None, *,
+                 transport: str = "tcp", token: str = "", url: str | None = None,
+                 strict: bool = False, tls: bool = False, **options: Any) -> None:
         if url is None:
-            url = {"tcp": f"tcp://{ip}:{port}", "ws": f"ws://{ip}:{port}/lopinfer",
-                   "shm": f"shm://{ip}"}.get(transport)
-            if url is None:
-                raise InputError(f"transport must be tcp, ws or shm, not {transport!r}")
+            if tls:  # TLS over the chosen stream transport
+                transport = {"tcp": "tls", "ws": "wss"}.get(transport, transport)
+            url = server_url(ip, port, transport)
         self.url = url
+        self.client = Client(url, token=token, strict=strict, **options)  # checks the URL
         from ..transports import event_loop_factory
 
         self._loop = event_loop_factory()()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lopinfer-loop",
                                         daemon=True)
         self._thread.start()
-        self.client = Client(url, token=token, **options)
         self.session: Session | None = None
         self.model: nn.Module | None = None
 
@@ -82,22 +92,27 @@ class LOPInfer:
         model.forward = forward  # type: ignore[method-assign]
         return self
 
-    def _deploy(self, example: Any) -> None:
+    def _capture(self, example: Any) -> Graph:
         model = self.model
         assert model is not None
         override = model.__dict__.pop("forward", None)  # capture the model's own forward
         try:
-            graph = capture(model, example)
+            return capture(model, example)
         finally:
             if override is not None:
                 model.forward = override  # type: ignore[method-assign]
-        self.session = self._call(self._open_and_deploy(graph))
 
-    async def _open_and_deploy(self, graph: Any) -> Session:
+    def _deploy(self, example: Any) -> None:
+        assert self.model is not None
+        watch = ModelWatch(self.model, self._capture)  # weights changed later: redeployed
+        graph = self._capture(example)
+        self.session = self._call(self._open_and_deploy(graph, watch))
+
+    async def _open_and_deploy(self, graph: Any, watch: ModelWatch) -> Session:
         await self.client.ensure_connected()
         plan = self._plan(graph) if callable(self._plan) else self._plan
         return await self.client.deploy(graph, None, plan=plan, objective=self._objective,
-                                        **self._options)
+                                        watch=watch, **self._options)
 
     @property
     def last_report(self) -> Any:

@@ -61,8 +61,7 @@ async def server_costs(client: Client, *, tiles: tuple[int, ...] = (1, 4),
     """The deployed graph's per-node costs measured on the server's device."""
     from ..scheduler.profiler import costs_from_json
 
-    reply = await client._request(ProfileRequest(tiles=list(tiles), repeats=repeats), Profiled,
-                                  timeout=max(client.timeout * 30, 600.0))
+    reply = await client._request(ProfileRequest(tiles=list(tiles), repeats=repeats), Profiled)
     costs = costs_from_json(reply.costs_json)
     costs.name = costs.name or f"server:{reply.device}"
     return costs
@@ -114,8 +113,7 @@ async def probe_link(client: Client, *, frames: int = 3, start_bytes: int = 32 <
             for i in range(frames):
                 await conn.send_tensor(Frame(tensor=noise, kind=FRAME_PROBE, tensor_id=i))
             reply = await client._request(
-                ProbeRequest(up_frames=frames, down_frames=frames, down_bytes=size), ProbeResult,
-                timeout=max(client.timeout, 60.0))
+                ProbeRequest(up_frames=frames, down_frames=frames, down_bytes=size), ProbeResult)
             up_s = [(int(n), float(s)) for n, s in reply.up_samples]
             down_s = transfer_samples(records)
             up, down = _rate(up_s), _rate(down_s)

@@ -3,8 +3,10 @@
 :class:`PeerRun` holds the tasks a compiled :class:`Program` gives one peer for one
 inference: which are ready, their outputs, and which pieces go to the other peer after
 each task. :class:`DeviceWorker` is the one thread that computes on a device; it takes
-ready tasks from every run it serves in turn (a fair queue across sessions) and,
-within a run, prefers tasks whose rows must be sent, so the link starts early.
+ready tasks from the runs it serves by a fair queue over their owners (sessions): the
+owner that has used the least compute time goes next, so a session running a heavy
+graph waits behind the others instead of starving them. Within a run it prefers tasks
+whose rows must be sent, so the link starts early.
 
 Thread contract: the worker thread executes kernels; the event loop delivers received
 pieces (:meth:`PeerRun.deliver`) and is told about pieces to send and the end of the
@@ -27,6 +29,7 @@ import torch
 
 from ..errors import ProtocolError
 from ..steady import COMPUTE, stretched
+from .accounting import WAIT_BUCKETS, Histogram
 from .program import Program, Task
 
 __all__ = ["PeerRun", "DeviceWorker", "Span"]
@@ -42,8 +45,9 @@ class PeerRun:
 
     def __init__(self, program: Program, peer: str, *, on_send: SendFn,
                  on_done: Callable[[PeerRun], object], inputs: tuple[torch.Tensor, ...] = (),
-                 copier: Any = None) -> None:
+                 copier: Any = None, owner: Any = None) -> None:
         self.program, self.peer = program, peer
+        self.owner = owner  # whose compute time this run is (the worker's fair queue)
         self.on_send, self.on_done = on_send, on_done
         self.copier = copier  # a cuda.DeviceCopier on a GPU server, else None
         self.events: dict[int, Any] = {}  # received tiles still being copied to the GPU
@@ -185,16 +189,60 @@ class PeerRun:
                 f"finished={self.finished}>")
 
 
+class _Job:
+    """A function queued on the worker (profiling, warm-up), charged to ``owner``."""
+
+    __slots__ = ("fn", "owner")
+
+    def __init__(self, fn: Callable[[], None], owner: Any) -> None:
+        self.fn, self.owner = fn, owner
+
+
 class DeviceWorker:
-    """The one compute thread of a device, fair across the runs it serves."""
+    """The one compute thread of a device, fair across the owners of the runs it serves.
+
+    Start-time fair queuing by compute seconds: each owner has a virtual time, the
+    seconds of compute it was given; the queued item whose owner's virtual time is
+    least runs next, and an owner that comes back after being idle starts at the
+    virtual time of the one served last (idle time is not saved up as credit).
+    """
 
     def __init__(self, name: str = "lopinfer-worker") -> None:
-        self._queue: deque[PeerRun | Callable[[], None]] = deque()
+        self._queue: deque[PeerRun | _Job] = deque()
         self._cv = threading.Condition()
         self._closed = False
         self.busy_s = 0.0
+        self.used: dict[Any, float] = {}  # owner -> compute seconds given (virtual time)
+        self._now = 0.0  # virtual time of the owner served last
+        # seconds between an item being queued (ready) and being taken: contention
+        self.queue_wait = Histogram(WAIT_BUCKETS)
+        self._since: dict[int, float] = {}
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+
+    def _enqueue(self, item: PeerRun | _Job) -> None:  # holding the lock
+        if item.owner not in self.used or not any(q.owner == item.owner for q in self._queue):
+            self.used[item.owner] = max(self.used.get(item.owner, 0.0), self._now)
+        self._since.setdefault(id(item), time.perf_counter())
+        self._queue.append(item)
+
+    def _next(self) -> PeerRun | _Job:  # holding the lock, queue not empty
+        used = self.used
+        best = min(range(len(self._queue)), key=lambda i: used.get(self._queue[i].owner, 0.0))
+        item = self._queue[best]
+        del self._queue[best]
+        since = self._since.pop(id(item), None)
+        if since is not None:
+            self.queue_wait.observe(time.perf_counter() - since)
+        self._now = used.get(item.owner, 0.0)
+        return item
+
+    def _charge(self, owner: Any, seconds: float) -> None:
+        with self._cv:
+            self.used[owner] = self.used.get(owner, 0.0) + seconds
+            if len(self.used) > 4096:  # forget owners long gone (keep the busiest)
+                keep = sorted(self.used.items(), key=lambda kv: -kv[1])[:1024]
+                self.used = dict(keep)
 
     def add(self, run: PeerRun) -> None:
         run.worker = self
@@ -203,11 +251,11 @@ class DeviceWorker:
     def wake(self, run: PeerRun) -> None:
         with self._cv:
             if run not in self._queue:
-                self._queue.append(run)
+                self._enqueue(run)
             self._cv.notify()
 
-    def submit(self, fn: Callable[[], Any]) -> Future:
-        """Run ``fn`` on this thread (after the work queued before it)."""
+    def submit(self, fn: Callable[[], Any], *, owner: Any = None) -> Future:
+        """Run ``fn`` on this thread, its time charged to ``owner`` (fair queue)."""
         fut: Future = Future()
 
         def job() -> None:
@@ -218,7 +266,7 @@ class DeviceWorker:
                     fut.set_exception(exc)
 
         with self._cv:
-            self._queue.append(job)
+            self._enqueue(_Job(job, owner))
             self._cv.notify()
         return fut
 
@@ -229,24 +277,27 @@ class DeviceWorker:
                     self._cv.wait()
                 if self._closed and not self._queue:
                     return
-                item = self._queue.popleft()
-            if not isinstance(item, PeerRun):
-                item()
+                item = self._next()
+            start = time.perf_counter()
+            if isinstance(item, _Job):
+                item.fn()
+                self._charge(item.owner, time.perf_counter() - start)
                 continue
             task = item.pop_ready()
             if task is None:
                 continue
-            start = time.perf_counter()
             try:
                 item.run_task(task)
             except BaseException as exc:  # a kernel failed: the run fails, not the worker
                 log.warning("task %r failed: %s", task, exc)
                 item.fail(exc)
-            self.busy_s += time.perf_counter() - start
+            took = time.perf_counter() - start
+            self.busy_s += took
+            self._charge(item.owner, took)
             if item.has_ready:
                 with self._cv:
                     if item not in self._queue:
-                        self._queue.append(item)  # to the back: other runs get a turn
+                        self._enqueue(item)
 
     def close(self) -> None:
         with self._cv:

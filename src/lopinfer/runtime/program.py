@@ -103,8 +103,9 @@ def piece_bytes(graph: Graph, t: Task) -> int:
 
 
 class _Compiler:
-    def __init__(self, graph: Graph, plan: Plan, bind: bool = True) -> None:
-        self.g, self.plan, self.bind = graph, plan, bind
+    def __init__(self, graph: Graph, plan: Plan, bind: bool = True,
+                 deadline: Callable[[], bool] | None = None) -> None:
+        self.g, self.plan, self.bind, self.deadline = graph, plan, bind, deadline
         self.tasks: list[Task] = []
         self.chunks: dict[tuple[str, str], _Chunks] = {}
         self.pos = {n.name: i for i, n in enumerate(graph.nodes)}
@@ -116,6 +117,9 @@ class _Compiler:
             rank: float) -> Task:
         t = Task(len(self.tasks), peer, value, a, b, dim, kind, rank=rank)
         self.tasks.append(t)
+        if self.deadline is not None and not t.id & 255 and self.deadline():
+            raise PlanError(f"plan {self.plan.name!r}: compiling it ran past its time limit "
+                            f"({len(self.tasks)} tasks made)")
         return t
 
     # -- values ---------------------------------------------------------------------------
@@ -329,11 +333,14 @@ class _Compiler:
         self.ch(peer, ref).tasks.append((t.id, 0, 1))
 
 
-def compile_plan(graph: Graph, plan: Plan, *, bind: bool = True) -> Program:
+def compile_plan(graph: Graph, plan: Plan, *, bind: bool = True,
+                 deadline: Callable[[], bool] | None = None) -> Program:
     """Tasks of both peers for ``plan`` on ``graph``; raises :class:`PlanError` when the
     plan leaves a needed row uncomputed or computes a global node partially.
-    ``bind=False`` skips making kernels (enough to simulate the plan)."""
-    return _Compiler(graph, plan, bind).run()
+    ``bind=False`` skips making kernels (enough to simulate the plan). ``deadline``,
+    polled as tasks are made, stops the compilation (:class:`PlanError`) once it
+    returns True: a server compiles plans from clients under a time limit."""
+    return _Compiler(graph, plan, bind, deadline).run()
 
 
 # -- orders and lifetimes -----------------------------------------------------------------

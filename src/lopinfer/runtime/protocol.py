@@ -19,7 +19,7 @@ import msgspec
 
 from ..transports import Message, register_message
 
-__all__ = ["UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "Report", "FRAME_TILE",
+__all__ = ["Working", "FellBack", "UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "Report", "FRAME_TILE",
            "FRAME_PROBE", "FRAME_WEIGHTS", "WEIGHTS_CHUNK", "ProfileRequest", "Profiled", "ProbeRequest", "ProbeResult"]
 
 FRAME_TILE = 1  # Frame.kind of a row piece of an inference
@@ -28,6 +28,18 @@ FRAME_WEIGHTS = 3  # Frame.kind of a chunk of a deployment's safetensors blob
 WEIGHTS_CHUNK = 16 << 20  # weights larger than this travel as chunks, not in Deploy
 MAX_PROBE_BYTES = 4 << 20  # per frame, so a client cannot make the server send gigabytes
 MAX_PROBE_FRAMES = 16
+
+
+@register_message
+class Working(Message, tag="working"):
+    """Server -> client, every few seconds of a long request (unpacking and hashing a
+    deployment, compiling a plan, profiling): still alive. Client waits are bounded by
+    silence (``peer_timeout``), not by how long honest work takes."""
+
+    what: str = ""
+
+
+WORKING_INTERVAL = 2.0  # seconds between Working messages
 
 
 @register_message
@@ -107,9 +119,23 @@ class InferFailed(Message, tag="infer_failed"):
     message: str = ""
 
 
+@register_message
+class FellBack(Message, tag="fell_back"):
+    """Client -> server, before its next inference: inference ``inference_id`` was
+    finished locally, and why (for the server's log and metrics)."""
+
+    inference_id: int
+    reason: str = ""
+
+
 @dataclass
 class Report:
-    """What one inference did (``session.last_report``)."""
+    """What one inference did (``session.last_report``).
+
+    ``str(report)`` is one line (plan, latency, bytes each way, overlap, fell_back),
+    ``report.summary()`` a few, ``report.format_timeline()`` the spans; the repr
+    leaves the timeline out (it can hold thousands of entries).
+    """
 
     latency_s: float
     plan: str
@@ -121,7 +147,7 @@ class Report:
     frames_down: int = 0
     client_busy_s: float = 0.0
     server_busy_s: float = 0.0
-    timeline: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list, repr=False)
     #: the simulator's latency for this plan at the current estimate, and the pipeline
     #: lower bound of the same assignment (no per-tile overhead, arbitrarily fine tiles)
     predicted_s: float | None = None
@@ -156,3 +182,45 @@ class Report:
         return save_trace(self.timeline, path, name=self.plan,
                           meta={"latency_s": self.latency_s, "plan": self.plan,
                                 "fell_back": self.fell_back})
+
+    def __str__(self) -> str:
+        fell = f"fell_back=yes ({self.reason})" if self.fell_back else "fell_back=no"
+        return (f"{self.plan}: {self.latency_s * 1e3:.1f} ms, up {_kb(self.bytes_up)}, "
+                f"down {_kb(self.bytes_down)}, overlap {self.overlap:.0%}, {fell}")
+
+    def summary(self) -> str:
+        """A few lines: the one-line report, where the time went, the prediction and
+        the link estimates, why this plan."""
+        lines = [str(self)]
+        lines.append(f"  busy: client {self.client_busy_s * 1e3:.1f} ms, server "
+                     f"{self.server_busy_s * 1e3:.1f} ms; frames up {self.frames_up}, down "
+                     f"{self.frames_down}; {len(self.timeline)} timeline spans")
+        if self.predicted_s is not None:
+            bound = f", bound {self.bound_s * 1e3:.1f} ms" if self.bound_s is not None else ""
+            lines.append(f"  predicted {self.predicted_s * 1e3:.1f} ms{bound}")
+        if self.bandwidth_up or self.bandwidth_down:
+            lines.append(f"  link estimate: up {_rate(self.bandwidth_up)}, down "
+                         f"{_rate(self.bandwidth_down)}; device energy {self.energy_j:.3g} J")
+        if self.plan_reason:
+            lines.append(f"  why: {self.plan_reason}")
+        return "\n".join(lines)
+
+    def format_timeline(self, limit: int | None = None) -> str:
+        """The timeline, one span a line (peer, kind, task, start-end in ms), in start
+        order; ``limit`` keeps the first spans only."""
+        spans = sorted(self.timeline, key=lambda e: e.get("start", 0.0))
+        shown = spans if limit is None else spans[:limit]
+        lines = [f"{e.get('peer', '?'):<6} {e.get('kind', '?'):<8} task {e.get('task', '?'):>5}  "
+                 f"{e.get('start', 0.0) * 1e3:8.2f} - {e.get('end', 0.0) * 1e3:8.2f} ms"
+                 for e in shown]
+        if len(shown) < len(spans):
+            lines.append(f"... {len(spans) - len(shown)} more spans")
+        return "\n".join(lines)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
+
+
+def _rate(bps: float | None) -> str:
+    return "-" if not bps else f"{bps / 1e6:.3g} MB/s"

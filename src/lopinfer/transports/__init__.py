@@ -10,7 +10,7 @@ One interface over several links, picked by URL scheme::
     async def handler(conn): ...                   # one task per accepted connection
     async with await lopinfer.transports.listen("tcp://0.0.0.0:7700", handler) as lst: ...
 
-Schemes: ``tcp://host:port``; ``ws://host:port/path`` and ``wss://`` (extra ``ws``);
+Schemes: ``tcp://host:port``; ``tls://host:port`` (TCP inside TLS); ``ws://host:port/path`` and ``wss://`` (extra ``ws``);
 ``shm://name`` (same machine: payloads through shared memory); ``mem://name`` (same
 process and event loop).
 
@@ -66,6 +66,8 @@ from ._options import Options
 from ._registry import SCHEMES, connect, event_loop_factory, listen, run
 from ._shaped import LinkShape
 from ._stats import ConnectionStatistics, LinkObserver, TransferRecord
+from ._tls import client_context as client_ssl_context
+from ._tls import server_context as server_ssl_context
 
 __all__ = [
     "HAVE_LZ4",
@@ -101,4 +103,6 @@ __all__ = [
     "message_types",
     "register_message",
     "run",
+    "client_ssl_context",
+    "server_ssl_context",
 ]

@@ -122,16 +122,24 @@ async def wait_future(fut: asyncio.Future, timeout: float | None, what: str) -> 
         return await fut
     if fut.done():
         return fut.result()
-    handle = asyncio.get_running_loop().call_later(timeout, _expire, fut, timeout, what)
+    expired: list[bool] = []
+    handle = asyncio.get_running_loop().call_later(timeout, _expire, fut, expired)
     try:
         return await fut
+    except asyncio.CancelledError:
+        if expired:  # our timer, not a cancellation of the waiting task
+            raise TransportTimeoutError(f"{what} timed out after {timeout:g} s") from None
+        raise
     finally:
         handle.cancel()
 
 
-def _expire(fut: asyncio.Future, timeout: float, what: str) -> None:
+def _expire(fut: asyncio.Future, expired: list[bool]) -> None:
+    # cancelled, not failed: a future from asyncio.shield() must be cancelled, or its
+    # inner future's completion later logs an InvalidStateError
     if not fut.done():
-        fut.set_exception(TransportTimeoutError(f"{what} timed out after {timeout:g} s"))
+        expired.append(True)
+        fut.cancel()
 
 
 class Inbox:

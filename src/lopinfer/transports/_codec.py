@@ -71,4 +71,9 @@ def _decode(data: Any, limits: Limits) -> Frame | Message:
     if pre.type == TYPE_CONTROL:
         return decode_message(raw)
     assert isinstance(h, TensorHeader)
-    return frame_from_header(h, build_tensor(h, as_uint8_array(raw)))
+    try:
+        return frame_from_header(h, build_tensor(h, as_uint8_array(raw)))
+    except ProtocolError:
+        raise
+    except Exception as exc:  # whatever torch says of a header it cannot build
+        raise ProtocolError(f"tensor frame cannot be built: {str(exc)[:200]}") from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -93,6 +94,14 @@ class Connection:
         self._send_rate: float | None = None
         self._n = [0] * 8  # frames/wire/raw/compressed x sent/received
         self._protocol_errors = 0
+        #: time.monotonic() when a frame was last sent or received
+        self.last_activity = time.monotonic()
+        if options.pre_auth_limits is not None:
+            stream.limits = options.pre_auth_limits
+
+    def authenticated(self) -> None:
+        """The peer passed its hello: accept what ``options`` allow from now on."""
+        self._stream.limits = self.options.limits
 
     # -- sending ----------------------------------------------------------------------
     async def send_tensor(self, frame: Frame, *, timeout: float | None = _DEFAULT) -> None:
@@ -212,6 +221,7 @@ class Connection:
 
     def _sent(self, item: _Outgoing, start: int, end: int) -> None:
         wire = len(item.header) + (len(item.payload) if item.payload is not None else 0)
+        self.last_activity = time.monotonic()
         n = self._n
         n[0] += 1
         n[2] += wire
@@ -309,7 +319,7 @@ class Connection:
             raise
 
     async def _decode(self, raw: RawFrame) -> Frame | Message:
-        pre, h = parse_header(raw.header, self.options.limits)
+        pre, h = parse_header(raw.header, self._stream.limits)
         data = as_uint8_array(raw.payload)
         if data.size != pre.payload_len:
             raise ProtocolError(f"payload has {data.size} bytes, header says {pre.payload_len}")
@@ -319,6 +329,7 @@ class Connection:
                 data = await self._loop.run_in_executor(codec_executor(), self._compressor.decompress, data, h.raw_len)
             else:
                 data = self._compressor.decompress(data, h.raw_len)
+        self.last_activity = time.monotonic()
         n = self._n
         n[1] += 1
         n[3] += raw.nbytes
@@ -330,10 +341,15 @@ class Connection:
             self._record(TransferRecord(
                 "recv", kind, raw.nbytes, h.raw_len, bool(compressed), raw.first_ns, raw.first_ns,
                 raw.last_ns, h.send_time_ns))  # fmt: skip
-        with stretched(CPU):
+        with stretched(CPU):  # a slow device's per-frame CPU cost (lopinfer.steady)
             if pre.type == TYPE_CONTROL:
                 return decode_message(data)
-            return frame_from_header(h, build_tensor(h, data))  # type: ignore[arg-type]
+            try:
+                return frame_from_header(h, build_tensor(h, data))  # type: ignore[arg-type]
+            except ProtocolError:
+                raise
+            except Exception as exc:  # whatever torch says of a header it cannot build
+                raise ProtocolError(f"tensor frame cannot be built: {str(exc)[:200]}") from exc
 
     async def _protocol_failure(self, exc: ProtocolError) -> None:
         self._protocol_errors += 1
@@ -422,6 +438,11 @@ class Connection:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    @property
+    def closed_cleanly(self) -> bool:
+        """True when the peer closed between frames, or we closed it."""
+        return self._stream.eof_clean or self._closing
 
     @property
     def closed(self) -> bool:

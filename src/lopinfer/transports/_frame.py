@@ -72,11 +72,13 @@ class Limits:
         max_frame_size: largest uncompressed tensor payload, in bytes.
         max_message_size: largest uncompressed control message, in bytes.
         max_ndim: most dimensions a tensor header may declare.
+        tensors: whether tensor frames are accepted at all (not before a hello).
     """
 
     max_frame_size: int = 1 << 30
     max_message_size: int = 64 << 20
     max_ndim: int = 8
+    tensors: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_ndim <= _MAX_NDIM_HARD:
@@ -315,6 +317,8 @@ def parse_preamble(buf: Any, limits: Limits) -> Preamble:
     if flags & ~_KNOWN_FLAGS:
         raise ProtocolError(f"unknown frame flags {flags:#06x}")
     if ftype == TYPE_TENSOR:
+        if not limits.tensors:
+            raise ProtocolError("tensor frames are not accepted before the hello")
         lo, hi = TENSOR_META.size, TENSOR_META.size + 9 * limits.max_ndim
         cap = limits.max_frame_size
     elif ftype == TYPE_CONTROL:
@@ -359,6 +363,9 @@ def parse_header(buf: Any, limits: Limits) -> tuple[Preamble, TensorHeader | Con
         raise ProtocolError(f"layout {perm} is not a permutation of {nd} dims")
     if nd and max(shape) > _MAX_DIM_EXTENT:
         raise ProtocolError(f"shape {shape} has an absurd extent")
+    if math.prod(max(n, 1) for n in shape) > _MAX_DIM_EXTENT:
+        # an empty tensor with huge other dims: its strides would overflow in torch
+        raise ProtocolError(f"shape {shape} has an absurd extent")
     numel = math.prod(shape)
     itemsize = _ITEMSIZE[dtype]
     if numel * itemsize != raw_len:
@@ -377,6 +384,7 @@ def parse_header(buf: Any, limits: Limits) -> tuple[Preamble, TensorHeader | Con
 
 
 _ITEMSIZE = {dt: dt.itemsize for dt in SUPPORTED_DTYPES}
+_LZ4_MAX_RATIO = 256
 
 
 def _check_lengths(raw_len: int, payload_len: int, compressed: bool, cap: int) -> None:
@@ -385,6 +393,9 @@ def _check_lengths(raw_len: int, payload_len: int, compressed: bool, cap: int) -
     if compressed:
         if raw_len == 0 or payload_len == 0 or payload_len > lz4_bound(raw_len):
             raise ProtocolError(f"bad compressed length {payload_len} for {raw_len} raw bytes")
+        if raw_len > _LZ4_MAX_RATIO * payload_len + 64:
+            # no LZ4 block expands more than ~255x: the declared size is a lie
+            raise ProtocolError(f"{payload_len} LZ4 bytes cannot decompress to {raw_len}")
     elif payload_len != raw_len:
         raise ProtocolError(f"payload length {payload_len} differs from raw length {raw_len}")
 

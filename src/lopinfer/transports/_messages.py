@@ -19,7 +19,7 @@ import msgspec
 
 from ..errors import InputError, ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: verified deploys, Working keep-alives
 
 
 class Message(msgspec.Struct, tag_field="type", kw_only=True):

@@ -57,6 +57,13 @@ class Options:
         link_shape: a :class:`~lopinfer.transports.LinkShape` that paces this
             connection's sends and receipts (a user-space shaped link, for benchmarks
             where kernel shaping is not available; client side only).
+        pre_auth_max_size: when set (a server's listener), until
+            :meth:`Connection.authenticated` the peer may send only control messages of
+            at most this many bytes: no tensor frame is allocated, buffered or
+            decompressed for a peer that has not passed its hello.
+        min_recv_rate: bytes/s; a frame that arrives slower than this (measured over
+            ``stall_timeout`` windows, at most 5 s each) breaks the connection, so a
+            byte-a-second drip cannot hold a connection open (``None``: off).
     """
 
     connect_timeout: float | None = 10.0
@@ -86,6 +93,8 @@ class Options:
     shutdown_timeout: float = 5.0
     http_routes: tuple = ()
     link_shape: Any = None
+    pre_auth_max_size: int | None = None
+    min_recv_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSION_MODES:
@@ -108,8 +117,12 @@ class Options:
         object.__setattr__(
             self, "limits", Limits(self.max_frame_size, self.max_message_size, self.max_ndim)
         )
+        pre = self.pre_auth_max_size
+        object.__setattr__(self, "pre_auth_limits", None if pre is None else Limits(
+            0, min(pre, self.max_message_size), self.max_ndim, tensors=False))
 
     limits: Limits = dataclasses.field(init=False, repr=False, compare=False)
+    pre_auth_limits: Limits | None = dataclasses.field(init=False, repr=False, compare=False)
 
     @classmethod
     def from_kwargs(cls, base: Options | None = None, **kwargs: Any) -> Options:

@@ -21,6 +21,7 @@ log = logging.getLogger("lopinfer.transports")
 # scheme -> (module, (package, extra) it needs beyond the core)
 _SCHEMES: dict[str, tuple[str, tuple[str, str] | None]] = {
     "tcp": ("lopinfer.transports._tcp", None),
+    "tls": ("lopinfer.transports._tls", None),
     "ws": ("lopinfer.transports._ws", ("aiohttp", "ws")),
     "wss": ("lopinfer.transports._ws", ("aiohttp", "ws")),
     "shm": ("lopinfer.transports._shm", None),

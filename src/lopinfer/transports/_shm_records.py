@@ -44,6 +44,11 @@ class RecordReader:
         self._first_ns = 0
         self.freed: list[tuple[int, int]] = []  # peer ring extents copied out, to acknowledge
         self.progress = 0
+        self.bytes_in = 0
+
+    @property
+    def frame_started_ns(self) -> int:
+        return self._first_ns
 
     @property
     def in_frame(self) -> bool:
@@ -67,6 +72,7 @@ class RecordReader:
 
     def updated(self, n: int) -> None:
         self.progress += 1
+        self.bytes_in += n
         self._end += n
         s, mv = self._s, self._mv
         freed = self.freed

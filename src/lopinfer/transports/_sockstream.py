@@ -49,6 +49,12 @@ class FrameReader:
         self._large = False
         self._first_ns = 0
         self.progress = 0
+        self.bytes_in = 0
+
+    @property
+    def frame_started_ns(self) -> int:
+        """now_ns() of the current frame's first byte (0 between frames)."""
+        return self._first_ns
 
     @property
     def in_frame(self) -> bool:
@@ -82,6 +88,7 @@ class FrameReader:
 
     def updated(self, n: int) -> None:
         self.progress += 1
+        self.bytes_in += n
         if self._direct:
             self._filled += n
             if self._filled == self._need:
@@ -98,6 +105,8 @@ class FrameReader:
             avail = self._end - self._start
             if self._header is None:
                 if avail < PREAMBLE.size:
+                    if avail and not self._first_ns:
+                        self._first_ns = now_ns()
                     break
                 if not self._first_ns:
                     self._first_ns = now_ns()
@@ -155,6 +164,9 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
         self._closing = False
         self._stall_handle: asyncio.TimerHandle | None = None
         self._stall_mark = -1
+        self._stall_bytes = 0
+        self._stall_since = 0.0  # loop time of the last progress seen by the checker
+        self._window_start = 0  # now_ns() when the current check window began
         self._loop: asyncio.AbstractEventLoop | None = None
         self._discard: memoryview | None = None
         self._vectored = False
@@ -255,24 +267,47 @@ class SocketStream(Stream, asyncio.BufferedProtocol):
             except RuntimeError:
                 pass
 
-    def _arm_stall(self) -> None:
-        t = self.options.stall_timeout
-        if t is None or self._loop is None or self._error is not None:
+    def _window(self) -> float | None:
+        t, rate = self.options.stall_timeout, self.options.min_recv_rate
+        if rate is not None:
+            t = 5.0 if t is None else min(t, 5.0)
+        return t
+
+    def _arm_stall(self, *, fresh: bool = True) -> None:
+        window = self._window()
+        if window is None or self._loop is None or self._error is not None:
             return
+        if fresh:
+            self._stall_since = self._loop.time()
         self._stall_mark = self._reader.progress
-        self._stall_handle = self._loop.call_later(t, self._check_stall)
+        self._stall_bytes = self._reader.bytes_in
+        self._window_start = now_ns()
+        self._stall_handle = self._loop.call_later(window, self._check_stall)
 
     def _check_stall(self) -> None:
         self._stall_handle = None
-        if not self._reader.in_frame or self._error is not None:
+        reader = self._reader
+        if not reader.in_frame or self._error is not None or self._loop is None:
             return
-        if self._inbox.paused or self._reader.progress != self._stall_mark:
+        if self._inbox.paused:  # we stopped reading: the peer is not to blame
             self._arm_stall()
             return
-        exc = TransportTimeoutError(
-            f"peer {self.remote_address} stalled mid-frame for {self.options.stall_timeout:g} s "
-            f"({self._reader.describe()})"
-        )
+        now, window = self._loop.time(), self._window() or 0.0
+        rate = self.options.min_recv_rate
+        got = reader.bytes_in - self._stall_bytes
+        # judge the rate over whole windows of this frame, not one it began late in
+        whole = reader.frame_started_ns <= self._window_start
+        if rate is not None and whole and got < rate * window:
+            why = f"sends a frame at {got / window:.0f} B/s, under min_recv_rate={rate:g} B/s"
+        elif reader.progress != self._stall_mark:
+            self._arm_stall()
+            return
+        elif self.options.stall_timeout is None or now - self._stall_since < self.options.stall_timeout:
+            self._arm_stall(fresh=False)
+            return
+        else:
+            why = f"stalled mid-frame for {self.options.stall_timeout:g} s"
+        exc = TransportTimeoutError(f"peer {self.remote_address} {why} ({reader.describe()})")
         self._broken(exc, read_too=True)
         self.abort()
 

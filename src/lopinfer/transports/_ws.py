@@ -44,7 +44,7 @@ class WsStream(Stream):
 
     async def read_loop(self) -> None:
         """Pump messages into the inbox until the socket closes (runs in its own task)."""
-        ws, limits = self._ws, self.limits
+        ws = self._ws
         try:
             while True:
                 if not self._resume.is_set() and not self._closing:
@@ -53,7 +53,7 @@ class WsStream(Stream):
                 first = now_ns()
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     data = msg.data
-                    pre = parse_preamble(data[:24], limits)
+                    pre = parse_preamble(data[:24], self.limits)
                     hl = pre.header_len
                     if len(data) != hl + pre.payload_len:
                         raise ProtocolError(
