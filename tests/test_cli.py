@@ -296,6 +296,9 @@ def test_plan_command_lists_every_planner(capsys):
     best = min(p["latency_ms"] for p in doc["plans"] if p["planner"] != "lopinfer")
     assert doc["plans"][-1]["latency_ms"] <= best + 1e-9
     assert all(p["bound_ms"] <= p["latency_ms"] + 1e-9 for p in doc["plans"])
+    # the physical limit: no planner's own bound is below it, each latency a multiple of it
+    assert 0 < doc["limit_ms"] <= min(p["bound_ms"] for p in doc["plans"]) * (1 + 1e-6)
+    assert all(p["x_limit"] >= 1 - 1e-6 for p in doc["plans"])
 
 
 def test_parse_rate():

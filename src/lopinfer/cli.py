@@ -77,6 +77,8 @@ def _load(args: argparse.Namespace, *, batch: int | None = None, dtype: str = "f
         shape = (batch, *shape[1:])
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     model = loaded.module.to(torch_dtype)
+    if loaded.example is not None and tuple(shape) == loaded.input_shape and dtype == "float32":
+        return model, loaded.example_input(), loaded.name  # a real frame or grid (lopinfer:)
     x = torch.randn(shape, dtype=torch_dtype)
     return model, x, loaded.name
 
@@ -338,13 +340,19 @@ def _run_plan(args: argparse.Namespace) -> int:
         cm = CostModel(client, server, link, Link(bw, args.rtt / 2000))
     obj = Objective(args.objective, None, DEVICE_PROFILES[args.device_profile])
     res = plan_all(graph, cm, obj)
+    from .scheduler.limit import physical_limit
+
+    # the best bound over every plan family (and the planners' own plans)
+    limit = physical_limit(graph, cm, also=[v.plan for v in res.values()])
     rows: list[dict[str, Any]] = [{"planner": k, "plan": v.plan.name, "latency_ms": 1e3 * v.latency_s,
              "energy_mj": 1e3 * v.energy_j, "bound_ms": 1e3 * v.bound_s,
-             "bytes_up": v.prediction.bytes_up, "bytes_down": v.prediction.bytes_down}
+             "bytes_up": v.prediction.bytes_up, "bytes_down": v.prediction.bytes_down,
+             "x_limit": v.latency_s / limit.seconds if limit.seconds else None}
             for k, v in res.items()]
     if args.json:
         _print_json({"model": name, "bandwidth": bw, "server": args.server, "client_speed": args.client_speed,
-                     "objective": args.objective, "plans": rows,
+                     "objective": args.objective, "limit_ms": 1e3 * limit.seconds,
+                     "limit_plan": limit.best.plan, "plans": rows,
                      "lopinfer_plan": res["lopinfer"].plan.to_dict()})
     else:
         _table(["planner", "plan", "latency ms", "energy mJ", "bound ms", "up KB", "down KB"],
@@ -352,6 +360,8 @@ def _run_plan(args: argparse.Namespace) -> int:
                  f"{r['bound_ms']:.2f}", f"{r['bytes_up'] / 1024:.0f}",
                  f"{r['bytes_down'] / 1024:.0f}") for r in rows], right=(2, 3, 4, 5, 6),
                title=f"{name}: {args.bandwidth} link, device {args.client_speed:g}x slower")
+        print(f"limit {1e3 * limit.seconds:.2f} ms ({limit.best.plan}): the best pipeline "
+              f"bound over {limit.plans} plans")
     return 0
 
 

@@ -1,7 +1,10 @@
 """Loading a model from a ``MODEL`` string (the command line's way to name a model).
 
-Three forms:
+Five forms:
 
+- ``lopinfer:NAME``: one of this project's application workloads
+  (:mod:`lopinfer.workloads`: ``kapao``, ``agrnav``, ``segment``, ...), random weights,
+  with a realistic example input;
 - ``torchvision:NAME``: ``torchvision.models.get_model(NAME, weights=None)``, random
   weights, nothing downloaded (needs the ``vision`` extra);
 - ``timm:NAME``: ``timm.create_model(NAME, pretrained=False)``, random weights, nothing
@@ -64,6 +67,16 @@ class LoadedModel:
     name: str
     module: Any  # torch.nn.Module
     input_shape: tuple[int, ...] | None = None
+    example: Any = None  # a callable giving a realistic input (lopinfer: workloads)
+
+    def example_input(self, override: Sequence[int] | None = None) -> Any:
+        """The model's realistic example input when it has one (and no ``override``),
+        else ``torch.randn`` of :meth:`example_shape`."""
+        import torch
+
+        if self.example is not None and override is None:
+            return self.example()
+        return torch.randn(self.example_shape(override))
 
     def example_shape(self, override: Sequence[int] | None = None) -> tuple[int, ...]:
         """``override`` if given, else the model's own shape, else the default."""
@@ -98,7 +111,7 @@ def load_model(spec: str) -> LoadedModel:
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise ModelSpecError(
-            f"bad MODEL {spec!r}: expected torchvision:NAME, timm:NAME, package.module:factory "
+            f"bad MODEL {spec!r}: expected lopinfer:NAME, torchvision:NAME, timm:NAME, package.module:factory "
             "or path/to/file.py:factory"
         )
     source, _, attr = spec.rpartition(":")
@@ -106,6 +119,8 @@ def load_model(spec: str) -> LoadedModel:
         raise ModelSpecError(f"bad MODEL {spec!r}: empty module or factory name")
     if source == "torchvision":
         return _load_torchvision(spec, attr)
+    if source == "lopinfer":
+        return _load_workload(spec, attr)
     if source == "timm":
         return _load_timm(spec, attr)
     if source.endswith(".py") or "/" in source or "\\" in source:
@@ -145,6 +160,16 @@ def _load_torchvision(spec: str, name: str) -> LoadedModel:
     size = TORCHVISION_INPUT_SIZES.get(name)
     shape = (1, 3, size, size) if size else None
     return LoadedModel(spec, name, model.eval(), shape)
+
+
+def _load_workload(spec: str, name: str) -> LoadedModel:
+    from .workloads import build
+
+    try:
+        w = build(name)
+    except KeyError as exc:
+        raise ModelSpecError(f"bad MODEL {spec!r}: {exc.args[0]}") from None
+    return LoadedModel(spec, name, w.make().eval(), w.shape, w.example)
 
 
 def _load_timm(spec: str, name: str) -> LoadedModel:

@@ -174,10 +174,11 @@ def test_table_has_every_row_sorted_and_aligned():
     assert keys[0][0] == "resnet"
     assert [k[2] for k in keys if k[1] == FAST] == ["lopinfer", "offload", "local"]
     lop = next(line for line in body if line.split()[:3] == ["vgg", FAST, "lopinfer"])
+    # records without a limit show "-" in the limit columns
     assert lop.split()[3:] == ["30.00", "88.00", "0.300", "0.030", "3.000", "33.00", "20.00",
-                               "0.67", "1.50x"]
+                               "-", "-", "0.67", "1.50x"]
     local = next(line for line in body if line.split()[:3] == ["vgg", FAST, "local"])
-    assert local.split()[8:] == ["-", "-", "-", "0.46x"]
+    assert local.split()[8:] == ["-", "-", "-", "-", "-", "0.46x"]
     # Fixed width: every line of the header rule's length or less, columns line up.
     assert max(len(line) for line in lines) == len(lines[1])
     ends = {line.index("30.00") + 5 for line in body if "30.00" in line}
@@ -234,3 +235,13 @@ def test_missing_matplotlib_is_one_clear_error_after_the_data(tmp_path, monkeypa
     assert {p.name for p in tmp_path.iterdir()} == {"summary.csv", "results.json", "table.txt"}
     assert set(report.write_all(records(), {}, tmp_path / "np", plots=False)) == {
         "csv", "json", "table"}
+
+
+def test_limit_columns():
+    """limit_s per record: the cell's median limit and p50 as a multiple of it."""
+    recs = [dict(r, limit_s=0.010) for r in records()]
+    rows = report.summarise(recs)
+    for r in rows:
+        assert r["limit_s"] == pytest.approx(0.010)
+        assert r["x_limit"] == pytest.approx(r["p50_s"] / 0.010)
+    assert "x limit" in report.table(rows)

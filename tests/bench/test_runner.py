@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lopinfer.bench.runner import scenarios
+from lopinfer.runtime.chrome_trace import save_trace
 
 MODEL = str(Path(__file__).resolve().parents[1] / "_cli_models.py") + ":make_cnn"
 
@@ -35,9 +36,22 @@ def test_bench_runs_every_method_and_writes_the_report(tmp_path):
     # the link was measured, not told: near the asked rate
     r5 = [r["bandwidth_up"] for r in offload if r["scenario"] == "fixed:5MB/s"]
     assert all(2.5e6 < bw < 10e6 for bw in r5), r5
+    # the limit beside every number, no higher than any plan's own bound
+    assert all(0 < r["limit_s"] <= r["bound_s"] * (1 + 1e-6) for r in records if r["bound_s"])
+    # link rows: offload sends its input up and its output down
+    for r in offload:
+        rows_seen = {s["peer"] for s in r["timeline"]}
+        assert {"link-up", "link-down", "server"} <= rows_seen, rows_seen
+        up = sum(s["bytes"] for s in r["timeline"] if s["peer"] == "link-up")
+        assert up >= 0.9 * r["bytes_up"] * min(1.0, r.get("lz4_ratio") or 0.01)
+    trace = json.loads(save_trace(offload[0]["timeline"], tmp_path / "t.json").read_text())
+    cats = {e.get("cat") for e in trace["traceEvents"] if e["ph"] == "X"}
+    assert {"transfer", "compute"} <= cats and all(
+        e["dur"] >= 0 for e in trace["traceEvents"] if e["ph"] == "X")
     with (out / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * 2
+    assert all(float(r["x_limit"]) > 0 for r in rows)
     assert "lopinfer" in (out / "table.txt").read_text()
 
 

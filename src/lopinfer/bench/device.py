@@ -26,18 +26,27 @@ from typing import Any
 
 import torch
 
+from ..checks import compare
 from ..models import load_model
+from ..runtime import TiledExecutor
 from ..scheduler.builders import local_plan
+from ..scheduler.limit import physical_limit
+from ..steady import FREEZE, set_stretch
 from ..transports import LinkShape
+from .transfers import TransferLog, link_spans
 
 __all__ = ["main"]
 
 
 class PipeControl:
-    """Link rates set by the orchestrator (kernel shaping in the edge lab)."""
+    """Link rates set by the orchestrator (kernel shaping in the edge lab); the device
+    slowed by the orchestrator's cgroup (``cfs``) or by stretching its own work
+    (``stretch``: :mod:`lopinfer.steady`, nothing to ask)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device_model: str = "cfs", cpu_stretch: float = 1.0) -> None:
         self.up = self.down = 0.0
+        self.device_model, self.cpu_stretch = device_model, max(1.0, cpu_stretch)
+        self.k = 1.0
 
     def set_rate(self, up: float, down: float) -> None:
         self._ask({"op": "rate", "up": up, "down": down})
@@ -47,11 +56,17 @@ class PipeControl:
         return None
 
     def throttle(self, on: bool) -> None:
-        self._ask({"op": "throttle", "on": on, "pid": os.getpid()})
+        if self.device_model == "stretch":
+            set_stretch(compute=self.k if on else 1.0, cpu=self.cpu_stretch if on else 1.0)
+        else:
+            self._ask({"op": "throttle", "on": on, "pid": os.getpid()})
 
-    def set_share(self, share: float | None) -> None:
-        if share is not None:  # calibrated for the model about to run
-            self._ask({"op": "share", "share": share})
+    def calibrated(self, m: dict) -> None:
+        """Slow the device as calibrated for the model about to run."""
+        if self.device_model == "stretch":
+            self.k = float(m.get("stretch") or 1.0)
+        elif m.get("device_share") is not None:
+            self._ask({"op": "share", "share": m["device_share"]})
 
     @staticmethod
     def _ask(msg: dict) -> None:
@@ -76,8 +91,13 @@ class ShapeControl:
     def throttle(self, on: bool) -> None:
         pass  # no cgroup without the edge lab
 
-    def set_share(self, share: float | None) -> None:
+    def calibrated(self, m: dict) -> None:
         pass
+
+
+def control_k_target(control: Any, m: dict) -> bool:
+    """Whether the device is stretched and knows the local time it must take."""
+    return getattr(control, "device_model", "") == "stretch" and bool(m.get("target_s"))
 
 
 def _say(text: str) -> None:
@@ -107,7 +127,9 @@ async def run(spec: dict) -> None:
 
     from ..scheduler.profiler import profile
 
-    control = PipeControl() if spec["control"] == "pipe" else ShapeControl()
+    control: PipeControl | ShapeControl = (
+        PipeControl(spec.get("device_model", "cfs"), spec.get("cpu_stretch", 1.0))
+        if spec["control"] == "pipe" else ShapeControl())
     dil = float(spec["dilation"])
     out = Path(spec["out"])
     methods: list[str] = spec["methods"]
@@ -115,15 +137,17 @@ async def run(spec: dict) -> None:
     for m in spec["models"]:
         loaded = load_model(m["spec"])
         model = loaded.module
-        x = torch.randn(loaded.example_shape(m.get("input_shape")))
+        x = loaded.example_input(m.get("input_shape"))  # a real frame or grid if it has one
         with torch.inference_mode():
             ref = model(x)
         _say(f"{loaded.name}: profiling here and on the server, probing, planning")
         t0 = time.perf_counter()
         graph = await asyncio.to_thread(lopinfer.capture, model, (x,))
-        control.set_share(m.get("device_share"))
+        control.calibrated(m)
         control.throttle(True)  # the device's costs are measured as the device is
-        mine = await asyncio.to_thread(profile, graph, tiles=(1, 4), repeats=1, name="device")
+        # on the real input: the LZ4 ratios of a camera frame's or a grid's activations
+        mine = await asyncio.to_thread(profile, graph, (x,), tiles=(1, 4), repeats=1,
+                                       name="device")
         control.throttle(False)  # planning is deploy-time work, not in any latency
         # weights are installed on a server once, not per inference: upload them over a
         # fast link so that the deploy below sends only the content hash
@@ -140,9 +164,31 @@ async def run(spec: dict) -> None:
                                                               if x == "lopinfer-energy"))
             if session.book is None:
                 raise RuntimeError(f"deploy of {loaded.name} found no server at {spec['server']}")
+            transfers = TransferLog()  # the link rows of the timelines
+            assert client.conn is not None
+            client.conn.add_observer(transfers)
             _say(f"{loaded.name}: ready in {time.perf_counter() - t0:.0f} s, "
                  f"{session.cost.info['probe']}")
+            # the physical limit at each shaped (dilated) rate, from the costs the planners
+            # used: deploy-time work, before the device slows down
+            assert session.cost is not None  # deployed with a server
+            limits = {r: physical_limit(graph, session.cost.with_bandwidth(r / dil, r / dil)).seconds
+                      for scen in spec["scenarios"] for r in scen["rates"]}
             control.throttle(True)
+            if isinstance(control, PipeControl) and control_k_target(control, m):
+                # a sleeping device's caches go cold (the host runs others meanwhile), so
+                # its tasks cost more CPU stretched than when calibrated: measure the
+                # local plan as it runs and correct k once (references are then frozen)
+                ex = TiledExecutor(graph, 1)
+                for _ in range(FREEZE):
+                    ex(x)
+                t = time.perf_counter()
+                ex(x)
+                control.k *= m["target_s"] / (time.perf_counter() - t)
+                control.throttle(True)
+                _say(f"{loaded.name}: stretch corrected to {control.k:.2f}")
+                m["stretch"] = control.k
+                del ex
             _say(f"{loaded.name}: warm-up, one untimed inference per method")
             for method in methods:  # first calls pack weights and build executors
                 await session.use_planner(method)
@@ -161,12 +207,16 @@ async def run(spec: dict) -> None:
                     order = methods[rep % len(methods):] + methods[:rep % len(methods)]
                     for method in order:
                         await session.use_planner(method)
+                        t0_ns = time.perf_counter_ns()
                         y = await session.infer(x)
-                        exact = bool(torch.allclose(y, ref, rtol=1e-4,
-                                                    atol=1e-5 * float(ref.abs().max())))
-                        rec = _record(spec, loaded.name, method, scen, rate, rep,
-                                      session.last_report, exact)
+                        report = session.last_report
+                        report.timeline += link_spans(transfers.since(t0_ns), t0_ns, rate / dil)
+                        exact = compare(method, y, ref).exact  # every output, invariant 1
+                        rec = _record(spec, loaded.name, method, scen, rate, rep, report, exact)
+                        rec["limit_s"] = limits[rate]
                         rec["device_share"] = m.get("device_share")
+                        rec["device_model"] = spec.get("device_model", "userspace")
+                        rec["stretch"] = m.get("stretch")
                         with out.open("a") as f:
                             f.write(json.dumps(rec) + "\n")
                         _say(f"{loaded.name} {scen['name']} rep {rep} {method}: "

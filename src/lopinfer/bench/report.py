@@ -40,7 +40,8 @@ __all__ = [
 COLUMNS = (
     "model", "scenario", "method", "n", "rate_Bps", "p50_s", "p95_s",
     "mean_bytes_up", "mean_bytes_down", "energy_j", "predicted_s", "bound_s",
-    "sequential_s", "pred_error", "overlap_eff", "fell_back", "plan", "speedup_vs_best_other",
+    "sequential_s", "limit_s", "x_limit", "pred_error", "overlap_eff", "fell_back", "plan",
+    "speedup_vs_best_other",
 )
 
 _GANTT_ROWS = ("client", "link-up", "server", "link-down")
@@ -100,6 +101,7 @@ def summarise(records: list[dict]) -> list[dict]:
         p50 = percentile(lat, 0.5)
         pred = _median([r.get("predicted_s") for r in rs])
         bound = _median([r.get("bound_s") for r in rs])
+        limit = _median([r.get("limit_s") for r in rs])
         seq = _median([r.get("sequential_s") for r in rs])
         overlap = None
         if seq is not None and bound is not None and seq > bound:
@@ -113,6 +115,7 @@ def summarise(records: list[dict]) -> list[dict]:
             "mean_bytes_down": sum(int(r.get("bytes_down") or 0) for r in rs) / len(rs),
             "energy_j": _median([r.get("energy_j") for r in rs]),
             "predicted_s": pred, "bound_s": bound, "sequential_s": seq,
+            "limit_s": limit, "x_limit": p50 / limit if limit else None,
             "pred_error": (pred - p50) / p50 if pred is not None and p50 > 0 else None,
             "overlap_eff": overlap,
             "fell_back": sum(1 for r in rs if r.get("fell_back")),
@@ -292,11 +295,13 @@ def table(rows: list[dict]) -> str:
     """A plain-text table of the rows, sorted by model, scenario, then p50; columns padded
     to their widest cell, numbers right-aligned, None shown as ``-``."""
     head = ("model", "scenario", "method", "p50 ms", "p95 ms", "MB up", "MB down",
-            "energy J", "pred ms", "bound ms", "overlap eff", "speedup vs best other")
+            "energy J", "pred ms", "bound ms", "limit ms", "x limit", "overlap eff",
+            "speedup vs best other")
     body = [
         (r["model"], r["scenario"], r["method"], _fmt(r["p50_s"], 1e3), _fmt(r["p95_s"], 1e3),
          _fmt(r["mean_bytes_up"], 1e-6, 3), _fmt(r["mean_bytes_down"], 1e-6, 3),
          _fmt(r["energy_j"], digits=3), _fmt(r["predicted_s"], 1e3), _fmt(r["bound_s"], 1e3),
+         _fmt(r.get("limit_s"), 1e3), _fmt(r.get("x_limit"), suffix="x"),
          _fmt(r["overlap_eff"]), _fmt(r["speedup_vs_best_other"], suffix="x"))
         for r in sorted(rows, key=lambda r: (r["model"], r["scenario"], r["p50_s"]))
     ]

@@ -33,6 +33,10 @@ from typing import Any
 SEED_GPU_VGG19_BN_S = 4.8e-3  # the research testbed's server, vgg19_bn, batch 1
 SEED_DEVICE_SLOWDOWN = 18.0  # its robot: 87 ms for the same model
 SEED_MODEL = "torchvision:vgg19_bn"
+# A Jetson Xavier NX Carmel core against a desktop x86 core, single-thread (public
+# single-core benchmark scores differ by about this much): how much slower the device's
+# CPU-side work (frame codec, LZ4) is than the server's, beyond the dilation.
+SEED_DEVICE_CPU_SLOWDOWN = 4.0
 TRACE_DIR = Path(__file__).resolve().parent / "data"  # shipped with the package
 METHODS = ("local", "offload", "neurosurgeon", "dads", "lopinfer")
 
@@ -55,8 +59,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-slowdown", type=float, default=SEED_DEVICE_SLOWDOWN,
                    help="how much slower the device is than the server (edge lab only)")
     p.add_argument("--calibrate", choices=("per-model", "vgg19_bn"), default="per-model",
-                   help="edge lab: search the device's share for each model (default), or "
+                   help="edge lab: calibrate the device for each model (default), or "
                         "once on vgg19_bn for all")
+    p.add_argument("--device-model", choices=("stretch", "cfs"), default="stretch",
+                   help="edge lab: stretch each device task to k x its CPU time (steady, the "
+                        "default; lopinfer.steady) or throttle the device by a CFS quota")
+    p.add_argument("--device-cpu-slowdown", type=float, default=SEED_DEVICE_CPU_SLOWDOWN,
+                   help="stretch: the device's codec/LZ4 work is this much slower than the "
+                        "server's, both dilated")
     p.add_argument("--device-profile", default="jetson-xavier-nx", help="device power model")
     p.add_argument("--input-shape", default=None, help="input shape for every model, e.g. 1,3,224,224")
     p.add_argument("--no-plots", action="store_true", help="CSV, JSON and table only")
@@ -67,23 +77,32 @@ import os, sys, time, torch
 from lopinfer.models import load_model
 torch.set_num_threads(1)
 loaded = load_model({model!r})
-m = loaded.module; x = torch.randn(loaded.example_shape({shape!r}))
+m = loaded.module; x = loaded.example_input({shape!r})
+if {executor!r}:  # as the runtime runs it: the local plan, one tile per node
+    import lopinfer
+    from lopinfer.runtime import TiledExecutor
+    m = TiledExecutor(lopinfer.capture(m, (x,)), 1)
 print("ready", os.getpid(), flush=True)
 sys.stdin.readline()  # the orchestrator may throttle this process first
 with torch.inference_mode():
-    m(x); ts = []
+    m(x); ts = []; cs = []
     while len(ts) < {runs} or (sum(ts) < 2.0 and len(ts) < 25):  # fast models: more runs
-        s = time.perf_counter(); m(x); ts.append(time.perf_counter() - s)
-print(sorted(ts)[len(ts) // 2], flush=True)
+        s, c = time.perf_counter(), time.thread_time(); m(x)
+        ts.append(time.perf_counter() - s); cs.append(time.thread_time() - c)
+print(sorted(ts)[len(ts) // 2], min(cs), flush=True)  # min: as lopinfer.steady's references
 """
 
 
 def calibrate(cpu: int | None = None, *, lab: Any = None, runs: int = 3,
-              model: str = SEED_MODEL, input_shape: list[int] | None = None) -> float:
+              model: str = SEED_MODEL, input_shape: list[int] | None = None,
+              cpu_time: bool = False, executor: bool = False) -> float:
     """Median seconds of one inference of ``model`` on one thread of this machine
     (pinned to ``cpu``; in the device cgroup of ``lab`` when given: the model is built
-    unthrottled, then timed). At least ``runs`` runs, more for fast models."""
-    argv = [sys.executable, "-c", _TIMER.format(runs=runs, model=model, shape=input_shape)]
+    unthrottled, then timed); with ``cpu_time``, the least CPU seconds of the thread
+    (what a steady device's stretch is a multiple of) instead of the median wall seconds; with ``executor``, run by the tiled executor (the local plan) rather
+    than as a plain module. At least ``runs`` runs, more for fast models."""
+    argv = [sys.executable, "-c", _TIMER.format(runs=runs, model=model, shape=input_shape,
+                                                executor=executor)]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -96,7 +115,8 @@ def calibrate(cpu: int | None = None, *, lab: Any = None, runs: int = 3,
     out, err = proc.communicate("go\n", timeout=900)
     if proc.returncode != 0 or first[:1] != ["ready"]:
         raise SystemExit(f"bench: timing {model} failed: {err.strip()[-300:]}")
-    return float(out.strip().splitlines()[-1])
+    wall, cpu_s = out.strip().splitlines()[-1].split()
+    return float(cpu_s if cpu_time else wall)
 
 
 def calibrate_device(lab: Any, server_s: float, slowdown: float, rounds: int = 4, *,
@@ -177,7 +197,10 @@ def run_args(args: argparse.Namespace) -> int:
     if not use_lab:
         print(f"bench: {why if not ok else 'asked for'}: using the user-space shaped link; "
               "the device is not throttled", file=sys.stderr)
-    server_s = calibrate(1 if use_lab else None) if args.dilation == "auto" or use_lab else None
+    # vgg19_bn's server time: the dilation, and the cfs device's reference (stretch and a
+    # given dilation need it not, nor torchvision)
+    need_vgg = args.dilation == "auto" or (use_lab and args.device_model == "cfs")
+    server_s = calibrate(1 if use_lab else None) if need_vgg else None
     dilation = server_s / SEED_GPU_VGG19_BN_S if args.dilation == "auto" and server_s \
         else float(args.dilation)
     print(f"bench: dilation {dilation:.1f} (server vgg19_bn here / {SEED_GPU_VGG19_BN_S * 1e3} ms)",
@@ -194,13 +217,21 @@ def run_args(args: argparse.Namespace) -> int:
     total = len(models) * len(methods) * len(scens) * args.repeats
     if use_lab:
         rate0 = scens[0]["rates"][0] / dilation
+        stretch = args.device_model == "stretch"
+        spec["device_model"] = meta["device_model"] = args.device_model
+        # the server's CPU-side work is dilated like its compute; the device's is also slower
+        server_env = _env(cache / "server")
+        if stretch:
+            spec["cpu_stretch"] = meta["device_cpu_stretch"] = dilation * args.device_cpu_slowdown
+            server_env["LOPINFER_STRETCH_CPU"] = str(dilation)
+            meta["server_cpu_stretch"] = dilation
         with edgelab.EdgeLab(name="lopb", rate_up=rate0, rate_down=rate0,
-                             device_share=1 / args.device_slowdown) as lab:
-            assert server_s is not None
+                             device_share=1.0 if stretch else 1 / args.device_slowdown) as lab:
             meta["server_vgg19_bn_s"] = server_s
-            meta["calibration"] = _calibrate_models(lab, spec["models"], server_s, args)
+            meta["calibration"] = (_calibrate_stretch(lab, spec["models"], args) if stretch
+                                   else _calibrate_models(lab, spec["models"], server_s or 0.0, args))
             server = lab.spawn_server(_serve_argv("tcp://10.77.0.2:7700"),
-                                      env=_env(cache / "server"), stdout=subprocess.PIPE, text=True)
+                                      env=server_env, stdout=subprocess.PIPE, text=True)
             _wait_listening(server)
             spec["server"] = "tcp://10.77.0.2:7700"
             _drive(lab, spec, out, cache, total)
@@ -241,6 +272,32 @@ def _calibrate_models(lab: Any, models: list[dict], server_vgg_s: float,
                                         model=m["spec"], input_shape=m["input_shape"])
         m["device_share"] = share
         out[m["spec"]] = {"share": share, "slowdown": ratio, "server_s": server_s}
+    return out
+
+
+def _calibrate_stretch(lab: Any, models: list[dict],
+                       args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The stretch factor of each model (written into its spec entry): the server's
+    wall time for it over the device core's CPU time for it (both unthrottled, one
+    thread), times the slowdown: stretched to k x its CPU time, the device then takes
+    ``slowdown`` x the server's time however loaded the machine is."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in models:
+        if args.calibrate == "vgg19_bn":
+            spec, shape = SEED_MODEL, None
+        else:
+            spec, shape = m["spec"], m["input_shape"]
+        # both as the runtime runs them (the executor packs weights once: ~0.8x a plain run)
+        server_s = calibrate(lab.server_cpu, model=spec, input_shape=shape, executor=True)
+        device_cpu_s = calibrate(lab.device_cpu, model=spec, input_shape=shape, cpu_time=True,
+                                 executor=True)
+        k = max(1.0, args.device_slowdown * server_s / device_cpu_s)
+        print(f"bench: {m['spec']}: server {server_s * 1e3:.0f} ms, device CPU "
+              f"{device_cpu_s * 1e3:.0f} ms -> stretch {k:.2f}", file=sys.stderr)
+        m["stretch"] = k
+        m["target_s"] = args.device_slowdown * server_s  # the device corrects k to it
+        out[m["spec"]] = {"stretch": k, "server_s": server_s, "device_cpu_s": device_cpu_s,
+                          "on": spec}
     return out
 
 

@@ -145,7 +145,7 @@ def capture(model: nn.Module, example_inputs: Any, *, name: str | None = None,
         CaptureError: not a module, training mode, or ``torch.export`` failed (the
             message names the failing construct and the module path).
         InputError: example inputs are not tensors.
-        UnsupportedModelError: no floating-point input or output to tile.
+        UnsupportedModelError: no floating-point (or uint8) input or output to tile.
     """
     from .locality import analyse
 
@@ -156,9 +156,10 @@ def capture(model: nn.Module, example_inputs: Any, *, name: str | None = None,
             f"{type(model).__name__} is in training mode; call model.eval() before capture"
         )
     args = _as_tuple(example_inputs)
-    if not any(x.is_floating_point() for x in args):
+    # uint8: a camera frame converted inside the model (a quarter of float32's upload)
+    if not any(x.is_floating_point() or x.dtype == torch.uint8 for x in args):
         raise UnsupportedModelError(
-            "no floating-point input: LOPInfer tiles floating-point feature maps "
+            "no floating-point input (nor a uint8 frame): LOPInfer tiles feature maps "
             f"(inputs are {', '.join(str(x.dtype) for x in args)})"
         )
     with EXPORT_LOCK:

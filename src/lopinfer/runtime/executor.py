@@ -21,6 +21,7 @@ from ..graph import Graph
 from ..graph._kernel import Kernel
 from ..scheduler.builders import TileSpec, local_plan, partition
 from ..scheduler.plan import Plan
+from ..steady import COMPUTE, stretched
 from .program import Program, Task, compile_plan
 
 __all__ = ["TiledExecutor", "Task", "partition", "run_tiled", "TileSpec", "check_inputs",
@@ -93,11 +94,11 @@ class TiledExecutor:
         clock = time.perf_counter
         with torch.inference_mode():
             for tid, fn, readers, frees in self._steps:
-                if spans is None:
+                s = clock()
+                t = self.tasks[tid]  # the steady device (lopinfer.steady); free when off
+                with stretched(COMPUTE, (id(self.graph), t.kind, t.value, t.a, t.b)):
                     store[tid] = fn(*[r(store) for r in readers])
-                else:
-                    s = clock()
-                    store[tid] = fn(*[r(store) for r in readers])
+                if spans is not None:
                     spans.append((self.tasks[tid].kind, tid, s, clock()))
                 for f in frees:
                     store[f] = None

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import ProtocolError
+from ..steady import COMPUTE, stretched
 from .accounting import WAIT_BUCKETS, Histogram
 from .program import Program, Task
 
@@ -110,7 +111,8 @@ class PeerRun:
                 ev = self.events.pop(d, None)
                 if ev is not None:
                     self.copier.wait(ev, self.store[d])
-        with torch.inference_mode():
+        # the steady device (lopinfer.steady): free unless this process is one
+        with torch.inference_mode(), stretched(COMPUTE, (id(self.program.graph), t.kind, t.value, t.a, t.b)):
             xs = [r(self.store) for r in t.readers]
             assert t.fn is not None  # run programs are compiled with kernels bound
             out = t.fn(*xs)

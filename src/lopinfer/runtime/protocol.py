@@ -12,6 +12,7 @@ both peers) and ``Done`` (server, with its compute spans) or ``InferFailed``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -172,6 +173,15 @@ class Report:
         d = asdict(self)
         d["overlap"] = self.overlap
         return d
+
+    def save_trace(self, path: str | Path) -> Path:
+        """Write the timeline as a Chrome trace (viewable in Perfetto); see
+        :mod:`lopinfer.runtime.chrome_trace`."""
+        from .chrome_trace import save_trace
+
+        return save_trace(self.timeline, path, name=self.plan,
+                          meta={"latency_s": self.latency_s, "plan": self.plan,
+                                "fell_back": self.fell_back})
 
     def __str__(self) -> str:
         fell = f"fell_back=yes ({self.reason})" if self.fell_back else "fell_back=no"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ProtocolError
+from ..steady import CPU, stretched
 from ._buffers import as_uint8_array, build_tensor, frame_from_header
 from ._compress import decompress_block
 from ._frame import (
@@ -33,6 +34,11 @@ def encode_frame(item: Frame | Message, *, limits: Limits = _LIMITS) -> bytes:
     Raises:
         InputError: the frame or message cannot be encoded.
     """
+    with stretched(CPU):  # a slow device's CPU (lopinfer.steady); off by default
+        return _encode(item, limits)
+
+
+def _encode(item: Frame | Message, limits: Limits) -> bytes:
     if isinstance(item, Message):
         body = encode_message(item)
         return control_header(flags=0, raw_len=len(body), payload_len=len(body)) + body
@@ -47,6 +53,11 @@ def decode_frame(data: Any, *, limits: Limits = _LIMITS) -> Frame | Message:
     Raises:
         ProtocolError: anything wrong with it: header, lengths, payload, trailing bytes.
     """
+    with stretched(CPU):
+        return _decode(data, limits)
+
+
+def _decode(data: Any, limits: Limits) -> Frame | Message:
     mv = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
     pre, h = parse_header(mv, limits)
     end = pre.header_len + pre.payload_len

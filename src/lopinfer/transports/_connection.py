@@ -21,6 +21,7 @@ from ..errors import (
     ProtocolError,
     TransportError,
 )
+from ..steady import CPU, stretched
 from ._base import RawFrame, Stream, now_ns, wait_future
 from ._buffers import as_uint8_array, build_tensor, frame_from_header
 from ._compress import AdaptiveCompressor, codec_executor
@@ -150,6 +151,10 @@ class Connection:
         await self._submit(item, timeout)
 
     def _encode_tensor(self, p: PreparedTensor, compress: bool, key: Hashable) -> tuple[bytes, Any, bool]:
+        with stretched(CPU):  # a slow device's per-frame CPU cost (lopinfer.steady)
+            return self._encode_tensor_now(p, compress, key)
+
+    def _encode_tensor_now(self, p: PreparedTensor, compress: bool, key: Hashable) -> tuple[bytes, Any, bool]:
         payload = p.materialise()
         if compress:
             packed = self._compressor.compress(payload, key)
@@ -158,6 +163,10 @@ class Connection:
         return tensor_header(p, flags=0, payload_len=p.nbytes), payload, False
 
     def _encode_control(self, body: bytes, compress: bool, key: Hashable) -> tuple[bytes, Any, bool]:
+        with stretched(CPU):
+            return self._encode_control_now(body, compress, key)
+
+    def _encode_control_now(self, body: bytes, compress: bool, key: Hashable) -> tuple[bytes, Any, bool]:
         if compress:
             packed = self._compressor.compress(body, key)
             if packed is not None:
@@ -332,14 +341,15 @@ class Connection:
             self._record(TransferRecord(
                 "recv", kind, raw.nbytes, h.raw_len, bool(compressed), raw.first_ns, raw.first_ns,
                 raw.last_ns, h.send_time_ns))  # fmt: skip
-        if pre.type == TYPE_CONTROL:
-            return decode_message(data)
-        try:
-            return frame_from_header(h, build_tensor(h, data))  # type: ignore[arg-type]
-        except ProtocolError:
-            raise
-        except Exception as exc:  # whatever torch says of a header it cannot build
-            raise ProtocolError(f"tensor frame cannot be built: {str(exc)[:200]}") from exc
+        with stretched(CPU):  # a slow device's per-frame CPU cost (lopinfer.steady)
+            if pre.type == TYPE_CONTROL:
+                return decode_message(data)
+            try:
+                return frame_from_header(h, build_tensor(h, data))  # type: ignore[arg-type]
+            except ProtocolError:
+                raise
+            except Exception as exc:  # whatever torch says of a header it cannot build
+                raise ProtocolError(f"tensor frame cannot be built: {str(exc)[:200]}") from exc
 
     async def _protocol_failure(self, exc: ProtocolError) -> None:
         self._protocol_errors += 1
