@@ -16,7 +16,6 @@ import argparse
 import sys
 
 import atheris
-
 import torch
 
 with atheris.instrument_imports(include=["lopinfer"]):

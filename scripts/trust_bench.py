@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the adversary and the reference nets
 
 import torch  # noqa: E402
+
 from adversary import RawPeer, lz4_bomb_frame  # noqa: E402
 
 MiB = 1 << 20
