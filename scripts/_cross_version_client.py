@@ -1,10 +1,15 @@
 """Client half of scripts/cross_version_check: reference nets offloaded and split, exact."""
-import asyncio, sys, torch
+import asyncio
+import sys
+
+import torch
+
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
 import lopinfer
-from lopinfer.scheduler import offload_plan, split_plan, local_segments
-from nets import REFERENCE_NETS
 from helpers import assert_exact, reference
+from lopinfer.scheduler import local_segments, offload_plan, split_plan
+from nets import REFERENCE_NETS
+
 url = sys.argv[1]
 async def main():
     for name in ("vgg", "resnet", "unet"):
