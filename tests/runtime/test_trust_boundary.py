@@ -50,6 +50,14 @@ def _twin(name: str = "vgg"):
 
 
 # -- 1. verified content addressing -------------------------------------------------------
+async def _raw_deploy(url: str, text: str, digest: str, weights: bytes) -> Error:
+    """Deploy by hand, as a client that can claim anything; the server's refusal."""
+    async with RawPeer(url) as peer:
+        assert isinstance(await peer.hello(), Welcome)
+        await peer.send(Deploy(graph_json=text, content_hash=digest, weights=weights))
+        return await peer.recv_until(Error)
+
+
 def test_a_poisoned_deployment_is_refused_and_later_clients_get_their_own_model():
     a, b, x = _twin()
     graph_a, graph_b = lopinfer.capture(a, (x,)), lopinfer.capture(b, (x,))
@@ -59,11 +67,8 @@ def test_a_poisoned_deployment_is_refused_and_later_clients_get_their_own_model(
     async def main():
         async with Server() as server:
             (url,) = await server.start(TCP)
-            async with RawPeer(url) as evil:
-                assert isinstance(await evil.hello(), Welcome)
-                await evil.send(Deploy(graph_json=text_a, content_hash=hash_a, weights=weights_b))
-                reply = await evil.recv_until(Error)
-                assert reply.code == "deploy" and hash_a[:16] in reply.message
+            reply = await _raw_deploy(url, text_a, hash_a, weights_b)
+            assert reply.code == "deploy" and hash_a[:16] in reply.message
             assert hash_a not in server.deployments  # nothing cached under the stolen hash
             async with connect(url) as client:  # an honest client deploying model A
                 session = await client.deploy(a, (x,), plan=offload_plan(graph_a, 2))
@@ -522,11 +527,8 @@ def test_a_graph_naming_a_device_the_server_lacks_is_refused():
     async def main():
         async with Server() as server:
             (url,) = await server.start(TCP)
-            async with RawPeer(url) as peer:
-                assert isinstance(await peer.hello(), Welcome)
-                await peer.send(Deploy(graph_json=text, content_hash=digest, weights=weights))
-                reply = await peer.recv_until(Error)
-                assert reply.code == "deploy" and "cuda" in reply.message
+            reply = await _raw_deploy(url, text, digest, weights)
+            assert reply.code == "deploy" and "cuda" in reply.message
 
     if '{"device":"cuda"}' not in text:
         pytest.fail("the graph JSON names no device to change")
