@@ -20,7 +20,16 @@ import torch
 
 with atheris.instrument_imports(include=["lopinfer"]):
     from lopinfer.errors import ProtocolError
-    from lopinfer.transports import Frame, Hello, Limits, decode_frame, decode_message, encode_frame
+    from lopinfer.transports import (
+        Deploy,
+        Frame,
+        Hello,
+        Limits,
+        decode_frame,
+        decode_message,
+        encode_frame,
+        encode_message,
+    )
 
 AFTER_HELLO = Limits(64 << 20, 64 << 20, 8)  # smaller than the default: fuzz allocations stay small
 BEFORE_HELLO = Limits(0, 64 << 10, 8, tensors=False)
@@ -41,7 +50,10 @@ def message_target(data: bytes) -> None:
         pass
 
 
-def seeds() -> list[bytes]:
+def seeds(target: str) -> list[bytes]:
+    if target == "message":  # msgpack bodies
+        return [encode_message(Hello(token="abc", client_name="fuzz")),
+                encode_message(Deploy(graph_json="{}", content_hash="0" * 64, weights=b"x"))]
     return [encode_frame(Frame(tensor=torch.randn(2, 3, 4), dim=1, row_start=0, row_stop=3)),
             encode_frame(Hello(token="abc", client_name="fuzz"))]
 
@@ -52,9 +64,14 @@ def main() -> None:
     p.add_argument("--target", choices=("frame", "message"), default="frame")
     args, rest = p.parse_known_args()
     target = frame_target if args.target == "frame" else message_target
-    for seed in seeds():  # the seeds must pass before fuzzing starts
+    import tempfile
+
+    corpus = tempfile.mkdtemp(prefix="lopinfer-fuzz-")
+    for i, seed in enumerate(seeds(args.target)):  # valid frames to mutate from
         target(seed)
-    atheris.Setup([sys.argv[0], f"-runs={args.runs}", *rest], target)
+        with open(f"{corpus}/seed{i}", "wb") as f:
+            f.write(seed)
+    atheris.Setup([sys.argv[0], f"-runs={args.runs}", *rest, corpus], target)
     atheris.Fuzz()
 
 
