@@ -476,25 +476,20 @@ class Upsample(Locality):
     rule = "upsample"
 
     def __init__(self, node: Node, dim: int, deps: list[Dep], *, mode: str, in_size: int,
-                 axis: int, n: int, scales: list[float] | None, align: bool) -> None:
+                 axis: int, n: int, scales: list[float] | None, align: bool,
+                 source: torch.Tensor | None = None) -> None:
         super().__init__(node, dim, deps)
         self.mode, self.axis, self.n, self.scales, self.align = mode, axis, n, scales, align
         out = self.size
         scale = scales[axis] if scales else None
         ct = torch.float64 if node.meta.dtype == torch.float64 else torch.float32
-        o = torch.arange(out, dtype=ct)
         if mode == "linear":
             i0, i1, lam = _linear_source(in_size, out, scale, align, ct)
             self.lam1 = lam.to(node.meta.dtype)
             self.lam0 = (1 - lam).to(node.meta.dtype)
         else:
-            sc32 = torch.tensor(1.0 / scale if scale and scale > 0 else in_size / out,
-                                dtype=torch.float32)
-            src = (o.float() + 0.5) * sc32 if mode == "nearest-exact" else o.float() * sc32
-            i0 = src.floor().to(torch.int64).clamp_max(in_size - 1)
-            if out == in_size:
-                i0 = torch.arange(out)
-            i1 = i0
+            assert source is not None
+            i0 = i1 = source
         self.i0, self.i1 = i0, i1
 
     def need(self, a: int, b: int) -> list[Interval | None]:
@@ -591,8 +586,31 @@ def upsample(node: Node, g: Graph, td: TD) -> Locality | None:
     else:  # .default: per-dim optional scales after the output size
         sc = list(tail) + [None] * (n - len(tail))
         scales = None if all(v is None for v in sc) else [v or 0.0 for v in sc]
+    source = None if mode == "linear" else _nearest_source(node, g.meta(x).shape, d)
     return Upsample(node, d, _whole_deps(node, x, d), mode=mode, in_size=g.meta(x).shape[d],
-                    axis=d - (rank - n), n=n, scales=scales, align=align)
+                    axis=d - (rank - n), n=n, scales=scales, align=align, source=source)
+
+
+def _nearest_source(node: Node, in_shape: tuple[int, ...], d: int) -> torch.Tensor:
+    """The input row each output row of a nearest resize copies, asked of the op itself
+    (its kernels special-case sizes per op and per rank: a 1-d resize of equal sizes
+    follows the scale, a 2-d one copies), by resizing a tensor of row numbers."""
+    # only dim d is probed: ATen computes each dim's indices alone, so the other dims
+    # are made 1 wide (and their output sizes 1), whatever sizes a peer declared
+    first = len(in_shape) - int(node.target.split(".")[1][-2])
+    shape = [1] * len(in_shape)
+    shape[d] = in_shape[d]
+    args, axis = list(node.args), d - first
+    if args[1] is not None:  # output sizes
+        args[1] = [v if k == axis else 1 for k, v in enumerate(args[1])]
+    if node.target.endswith(".vec"):
+        if len(args) > 2 and args[2] is not None:  # scale factors
+            args[2] = [v if k == axis else 1.0 for k, v in enumerate(args[2])]
+    else:  # per-dim optional scales after the output size
+        args[2:] = [v if k == axis else None for k, v in enumerate(args[2:])]
+    rows = torch.arange(in_shape[d], dtype=torch.float64).reshape(shape)
+    out = node.op(rows, *args[1:], **node.kwargs)
+    return out.reshape(-1).round().to(torch.int64)
 
 
 # -- padding -------------------------------------------------------------------------
