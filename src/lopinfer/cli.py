@@ -23,10 +23,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .errors import InputError, LopInferError
+from .log import logger
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-log = logging.getLogger("lopinfer.cli")
+log = logger("cli")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -472,10 +473,10 @@ def _quiet_torch_logs() -> Any:
     """Raise torch's loggers to ERROR for the duration (torch.export logs graphs and
     guard warnings when a capture fails; the one-line error says why)."""
     saved = []
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if (name == "torch" or name.startswith("torch.")) and isinstance(logger, logging.Logger):
-            saved.append((logger, logger.level))
-            logger.setLevel(logging.ERROR)
+    for name, lg in list(logging.root.manager.loggerDict.items()):
+        if (name == "torch" or name.startswith("torch.")) and isinstance(lg, logging.Logger):
+            saved.append((lg, lg.level))
+            lg.setLevel(logging.ERROR)
     if not any(lg.name == "torch" for lg, _ in saved):
         root = logging.getLogger("torch")
         saved.append((root, root.level))
@@ -483,8 +484,8 @@ def _quiet_torch_logs() -> Any:
     try:
         yield
     finally:
-        for logger, level in saved:
-            logger.setLevel(level)
+        for lg, level in saved:
+            lg.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

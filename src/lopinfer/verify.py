@@ -8,7 +8,6 @@ model by :func:`lopinfer.checks.compare` (DESIGN.md invariant 1).
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -17,10 +16,11 @@ import torch
 
 from .checks import Check, compare
 from .errors import InputError, LopInferError
+from .log import logger
 
 __all__ = ["verify", "Runner", "tiled_runners", "report_json"]
 
-log = logging.getLogger("lopinfer.verify")
+log = logger("verify")
 
 # a named way of running a captured graph: (name, run(graph, inputs) -> outputs)
 Runner = tuple[str, Callable[[Any, tuple[torch.Tensor, ...]], Any]]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import ipaddress
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -31,6 +30,7 @@ from typing import Any
 
 from lopinfer.units import parse_rate  # re-exported: scripts/edgelab takes rates
 
+from ..log import logger
 from ._labsys import (  # the plumbing; the public names are re-exported
     CGROUP_ROOT,
     MIN_QUOTA_US,
@@ -52,7 +52,7 @@ from ._labsys import (  # the plumbing; the public names are re-exported
 __all__ = ["EdgeLab", "EdgeLabError", "Command", "available", "cleanup", "leftovers",
            "cpu_quota", "parse_rate", "state_path", "CGROUP_ROOT", "MIN_QUOTA_US", "MIN_RATE"]
 
-log = logging.getLogger("lopinfer.bench.lab")
+log = logger("bench.lab")
 
 
 class EdgeLab:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import operator
 import threading
 import warnings
@@ -13,11 +12,12 @@ import torch
 from torch import nn
 
 from ..errors import CaptureError, InputError, UnsupportedModelError
+from ..log import logger
 from .ir import Graph, Node, Ref, TensorMeta
 
 __all__ = ["capture", "PRESERVED_OPS"]
 
-log = logging.getLogger("lopinfer.graph")
+log = logger("graph")
 
 # torch.export switches process-wide tracing state: captures must not run concurrently,
 # nor beside other symbolic work (the deploy format's meta shape checks)

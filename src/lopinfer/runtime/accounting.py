@@ -11,16 +11,17 @@ graph, so neither grows without bound.
 from __future__ import annotations
 
 import bisect
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..log import logger
+
 __all__ = ["Histogram", "Accounts", "SessionStats", "DeploymentStats", "LATENCY_BUCKETS",
            "WAIT_BUCKETS"]
 
-log = logging.getLogger("lopinfer.server")
+log = logger("server")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)

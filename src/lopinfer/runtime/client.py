@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import logging
 import threading
 import time
 import warnings
@@ -37,6 +36,7 @@ from ..errors import (
     TransportError,
 )
 from ..graph import Graph, capture
+from ..log import logger
 from ..scheduler.builders import local_plan, offload_plan
 from ..scheduler.cost import CostModel, Link, PeerCosts
 from ..scheduler.energy import DEVICE_PROFILES, DeviceProfile, Objective, device_energy
@@ -77,7 +77,7 @@ if TYPE_CHECKING:  # the planners import the runtime's program compiler: no cycl
 
 __all__ = ["Client", "Session", "connect"]
 
-log = logging.getLogger("lopinfer.client")
+log = logger("client")
 
 
 def connect(url: str, *, token: str = "", timeout: float = 10.0, peer_timeout: float = 30.0,

@@ -9,7 +9,6 @@ a call is a flat loop of kernel calls.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from typing import Any, cast
@@ -19,6 +18,7 @@ import torch
 from ..errors import InputError
 from ..graph import Graph
 from ..graph._kernel import Kernel
+from ..log import logger
 from ..scheduler.builders import TileSpec, local_plan, partition
 from ..scheduler.plan import Plan
 from ..steady import COMPUTE, stretched
@@ -27,7 +27,7 @@ from .program import Program, Task, compile_plan
 __all__ = ["TiledExecutor", "Task", "partition", "run_tiled", "TileSpec", "check_inputs",
            "pack_outputs"]
 
-log = logging.getLogger("lopinfer.runtime")
+log = logger("runtime")
 
 
 def check_inputs(graph: Graph, inputs: Sequence[Any]) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import TYPE_CHECKING
 
 from ..errors import ConnectError, InputError
+from ..log import logger
 from .metrics import health, metrics_text, ready
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HttpEndpoint", "parse_hostport"]
 
-log = logging.getLogger("lopinfer.server")
+log = logger("server")
 
 MAX_HEAD = 8 << 10  # bytes of request line + headers
 HEAD_TIMEOUT = 5.0  # seconds to send them

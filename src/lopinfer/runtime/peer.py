@@ -17,7 +17,6 @@ run through callbacks it provides (which must be thread-safe, e.g. via
 from __future__ import annotations
 
 import heapq
-import logging
 import threading
 import time
 from collections import deque
@@ -28,13 +27,14 @@ from typing import Any
 import torch
 
 from ..errors import ProtocolError
+from ..log import logger
 from ..steady import COMPUTE, stretched
 from .accounting import WAIT_BUCKETS, Histogram
 from .program import Program, Task
 
 __all__ = ["PeerRun", "DeviceWorker", "Span"]
 
-log = logging.getLogger("lopinfer.runtime")
+log = logger("runtime")
 
 Span = tuple[str, int, float, float]  # (kind, task id, start, end) in time.perf_counter()
 SendFn = Callable[[Task, torch.Tensor], None]

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LopInferError
+from ..log import logger
 from .limits import ServerLimits
 from .server import Server
 
 __all__ = ["serve", "main", "add_arguments", "run_args", "load_models", "save_model"]
 
-log = logging.getLogger("lopinfer.server")
+log = logger("server")
 
 
 def save_model(graph, folder: str | Path, name: str) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import logging
 import secrets
 import threading
 import time
@@ -35,6 +34,7 @@ from ..errors import (
     TransportTimeoutError,
 )
 from ..graph import Graph
+from ..log import logger
 from ..scheduler.link import ReceiptLog
 from ..scheduler.plan import Plan
 from ..transports import (
@@ -75,7 +75,7 @@ from .protocol import (
 
 __all__ = ["Server", "ServerStats"]
 
-log = logging.getLogger("lopinfer.server")
+log = logger("server")
 
 
 @dataclass

@@ -15,7 +15,6 @@ pure-Python decoder.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -25,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import MissingDependencyError, ProtocolError
+from ..log import logger
 from ..steady import CPU, stretched
 
 try:  # optional extra: lopinfer[lz4]
@@ -32,7 +32,7 @@ try:  # optional extra: lopinfer[lz4]
 except ImportError:  # pragma: no cover - depends on the environment
     _lz4 = None
 
-log = logging.getLogger("lopinfer.transports")
+log = logger("transports")
 
 HAVE_LZ4 = _lz4 is not None
 CompressionMode = Literal["auto", "always", "off"]

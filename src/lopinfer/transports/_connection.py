@@ -8,7 +8,6 @@ and decodes what arrives, with timeouts on every wait and statistics on all of i
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -21,6 +20,7 @@ from ..errors import (
     ProtocolError,
     TransportError,
 )
+from ..log import logger
 from ..steady import CPU, stretched
 from ._base import RawFrame, Stream, now_ns, wait_future
 from ._buffers import as_uint8_array, build_tensor, frame_from_header
@@ -39,7 +39,7 @@ from ._messages import Error, Message, decode_message, encode_message
 from ._options import Options
 from ._stats import ConnectionStatistics, LinkObserver, TransferRecord
 
-log = logging.getLogger("lopinfer.transports")
+log = logger("transports")
 
 class _Default:
     def __repr__(self) -> str:

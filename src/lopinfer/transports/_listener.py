@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
 from urllib.parse import SplitResult
 
 from ..errors import ProtocolError, TransportError
+from ..log import logger
 from ._base import Server, Stream
 from ._connection import Connection
 from ._options import Options
 
-log = logging.getLogger("lopinfer.transports")
+log = logger("transports")
 
 Handler = Callable[[Connection], Awaitable[None]]
 

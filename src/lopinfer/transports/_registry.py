@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from types import ModuleType
@@ -12,11 +11,12 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from ..errors import InputError, MissingDependencyError
+from ..log import logger
 from ._connection import _DEFAULT, Connection
 from ._listener import Listener
 from ._options import Options
 
-log = logging.getLogger("lopinfer.transports")
+log = logger("transports")
 
 # scheme -> (module, (package, extra) it needs beyond the core)
 _SCHEMES: dict[str, tuple[str, tuple[str, str] | None]] = {

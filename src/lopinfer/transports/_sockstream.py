@@ -10,17 +10,17 @@ copied first, chunk by chunk as the socket drains.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from typing import Any
 
 from ..errors import ConnectionClosedError, ProtocolError, TransportTimeoutError
+from ..log import logger
 from ._base import Inbox, RawFrame, Stream, now_ns, wait_future
 from ._buffers import BufferPool
 from ._frame import PREAMBLE, parse_preamble
 from ._options import Options
 
-log = logging.getLogger("lopinfer.transports")
+log = logger("transports")
 
 _STAGING = 256 * 1024
 _DIRECT_MIN = 32 * 1024  # read payload remainders at least this big straight into the tensor
