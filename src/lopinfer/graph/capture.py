@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import CaptureError, InputError, UnsupportedModelError
 from ..log import logger
 from .ir import Graph, Node, Ref, TensorMeta
+from .ops import PRESERVED_OVERLOADS
 
 __all__ = ["capture", "PRESERVED_OPS"]
 
@@ -23,42 +24,9 @@ log = logger("graph")
 # nor beside other symbolic work (the deploy format's meta shape checks)
 EXPORT_LOCK = threading.RLock()
 
-# Composite ops kept whole instead of being lowered to core ATen: each has a locality
-# rule, while its decomposition would be an index/gather pattern (pads, upsampling) that
-# only a global rule could take, or many pointwise nodes (activations, linear) that cost
-# executor overhead for nothing.
-PRESERVED_OPS = (
-    "linear.default",
-    "layer_norm.default",
-    "hardswish.default",
-    "hardsigmoid.default",
-    "silu.default",
-    "mish.default",
-    "relu6.default",
-    "reflection_pad1d.default",
-    "reflection_pad2d.default",
-    "reflection_pad3d.default",
-    "replication_pad1d.default",
-    "replication_pad2d.default",
-    "replication_pad3d.default",
-    "upsample_nearest1d.vec",
-    "upsample_nearest2d.vec",
-    "upsample_nearest3d.vec",
-    "upsample_nearest1d.default",
-    "upsample_nearest2d.default",
-    "upsample_nearest3d.default",
-    "_upsample_nearest_exact1d.vec",
-    "_upsample_nearest_exact2d.vec",
-    "_upsample_nearest_exact3d.vec",
-    "upsample_linear1d.vec",
-    "upsample_linear1d.default",
-    "upsample_trilinear3d.vec",
-    # kept whole (global) because their decompositions round differently from the eager
-    # kernels (bicubic by up to 3.6e-4), not only for speed
-    "upsample_bicubic2d.vec",
-    "_upsample_bilinear2d_aa.vec",
-    "_upsample_bicubic2d_aa.vec",
-)
+# Composite ops kept whole instead of being lowered to core ATen ("NAME.OVERLOAD"); the
+# catalogue says why each is (lopinfer.graph.ops).
+PRESERVED_OPS: tuple[str, ...] = PRESERVED_OVERLOADS
 
 
 # Runtime checks torch.export inserts (no-op dtype casts, symbolic shape guards): they

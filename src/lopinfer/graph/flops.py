@@ -6,7 +6,8 @@ pools cost one per window element read; normalisations a handful per element. Sh
 data-movement ops (views, permutes, slices, cat, copies, padding, indexing) cost 0.
 
 The counts are estimates for weighing nodes against each other (the share of work in
-local operators, a cost model's prior), not a benchmark.
+local operators, a cost model's prior), not a benchmark. Each op's cost class comes from
+the catalogue (:mod:`lopinfer.graph.ops`).
 """
 
 from __future__ import annotations
@@ -16,34 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .ir import Graph, Node, Ref
+from .ops import Cost, lookup
 
 __all__ = ["flops", "node_flops", "local_flops_share"]
-
-# data movement and bookkeeping: no arithmetic
-_FREE = set(
-    """view _unsafe_view reshape view_copy permute transpose t expand unsqueeze squeeze
-    slice slice_copy select split split_with_sizes chunk unbind cat stack clone alias
-    detach lift_fresh_copy _to_copy copy contiguous constant_pad_nd reflection_pad1d
-    reflection_pad2d reflection_pad3d replication_pad1d replication_pad2d replication_pad3d
-    index index_select gather embedding flip roll repeat full full_like zeros zeros_like
-    ones ones_like empty empty_like new_zeros new_ones new_empty new_full arange scalar_tensor
-    upsample_nearest1d upsample_nearest2d upsample_nearest3d _upsample_nearest_exact1d
-    _upsample_nearest_exact2d _upsample_nearest_exact3d native_dropout dropout
-    channel_shuffle pixel_shuffle pixel_unshuffle as_strided diagonal narrow fill
-    masked_fill where sym_size""".split()
-)
-
-# elementwise ops costing more than ~1 FLOP per element (rough, for weighting)
-_POINTWISE_COST = {
-    "gelu": 8, "silu": 4, "sigmoid": 4, "tanh": 4, "hardswish": 3, "hardsigmoid": 2,
-    "mish": 8, "softplus": 4, "elu": 4, "selu": 4, "celu": 4, "erf": 4, "exp": 2,
-    "log": 2, "rsqrt": 2, "sqrt": 2, "pow": 2, "addcmul": 2, "addcdiv": 2, "lerp": 2,
-}
-
-_REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "var", "std", "prod", "argmax",
-               "argmin", "logsumexp", "norm", "linalg_vector_norm", "_adaptive_avg_pool2d",
-               "_adaptive_avg_pool3d", "adaptive_avg_pool1d", "adaptive_max_pool2d",
-               "adaptive_max_pool3d", "_adaptive_avg_pool1d"}
 
 
 def _shape(graph: Graph, v: Any) -> tuple[int, ...] | None:
@@ -108,29 +84,39 @@ def node_flops(graph: Graph, node: Node) -> int:
     """Estimated FLOPs of one node (0 for shape and data-movement ops)."""
     op = node.target.split(".")[1]
     out = node.meta.numel
-    if op in ("convolution", "_convolution", "conv2d", "conv1d", "conv3d"):
+    entry = lookup(node.target)
+    cost = entry.flops if entry is not None else _cost_by_name(op)
+    if cost == "conv":
         return _conv(graph, node)
-    if op in ("linear", "mm", "bmm", "addmm", "baddbmm", "addbmm", "mv", "addmv", "matmul", "dot"):
+    if cost == "matmul":
         return _matmul(graph, node, op)
-    if op in _FREE:
+    if cost == "free":
         return 0
-    if op.startswith(("max_pool", "avg_pool")):
+    if cost == "pool":
         return _pool(node)
-    if op in _REDUCTIONS:
+    if cost == "reduction":
         x = _arg_shape(graph, node, 0)
         return math.prod(x) if x is not None else out
-    if op in ("_softmax", "_log_softmax", "softmax", "log_softmax"):
+    if cost == "softmax":
         return 5 * out  # max, subtract, exp, sum, divide
-    if op in ("_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
-              "native_batch_norm", "batch_norm"):
+    if cost == "batch_norm":
         return 2 * out  # folded into a scale and a shift per channel
-    if op in ("native_layer_norm", "layer_norm", "native_group_norm", "group_norm",
-              "instance_norm"):
+    if cost == "norm":
         return 8 * out  # mean, variance, normalise, scale, shift
-    if op.startswith("upsample_") or op.startswith("_upsample_"):
+    if cost == "resize":
         n = max(1, len(node.meta.shape) - 2)
         return (2**n) * 2 * out  # interpolate between 2^n neighbours
-    return _POINTWISE_COST.get(op, 1) * out
+    per_element = entry.per_element if entry is not None else 1
+    return per_element * out
+
+
+def _cost_by_name(op: str) -> Cost:
+    """The cost class of an op the catalogue does not know: pools and resizes by name."""
+    if op.startswith(("max_pool", "avg_pool")):
+        return "pool"
+    if op.startswith(("upsample_", "_upsample_")):
+        return "resize"
+    return "pointwise"
 
 
 def flops(graph: Graph) -> dict[str, int]:
