@@ -53,41 +53,21 @@ def _time(fn: Any, x: torch.Tensor) -> float:
 
 
 def _breakdown(ex: TiledExecutor, x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Seconds per run: kernels, readers, and the rest of the loop (for diagnosis).
-
-    Walks the executor's compiled program the way ``__call__`` does; returns {} when
-    its private layout is not the one expected.
-    """
-    program = getattr(ex, "_steps", None) or getattr(ex, "_program", None)
-    inputs = getattr(getattr(ex, "program", None), "inputs", None) or getattr(ex, "_inputs", None)
-    if not program or not inputs or len(program[0]) != 4:
-        return {}
-    pc = time.perf_counter
+    """Seconds per run: kernels, readers, and the rest of the loop (for diagnosis),
+    from the executor's own loop and its per-task hook."""
     kern = read = 0.0
-    t0 = pc()
+
+    def seen(task: Any, out: Any, r0: float, s: float, e: float) -> None:
+        nonlocal kern, read
+        read += s - r0
+        kern += e - s
+
+    t0 = time.perf_counter()
     for _ in range(repeats):
-        store: list[Any] = [None] * len(ex.tasks)
-        store[inputs[0]] = x
-        with torch.inference_mode():
-            for tid, fn, readers, frees in program:
-                s0 = pc()
-                xs = [r(store) for r in readers]
-                s1 = pc()
-                store[tid] = fn(*xs)
-                s2 = pc()
-                read += s1 - s0
-                kern += s2 - s1
-                for f in frees:
-                    store[f] = None
-    total = pc() - t0
-    # the cost of the pc() calls themselves, to subtract from "loop"
-    t1 = pc()
-    for _ in range(1000):
-        pc()
-    per_pc = (pc() - t1) / 1000
-    n = len(program) * repeats
+        ex.run((x,), seen)
+    total = time.perf_counter() - t0
     return {"kernels_s": kern / repeats, "readers_s": read / repeats,
-            "loop_s": max(0.0, total - kern - read - 3 * per_pc * n) / repeats}
+            "loop_s": max(0.0, total - kern - read) / repeats}
 
 
 FOLD_BN = False

@@ -309,10 +309,10 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from .graph import capture
+    from .runtime.profiler import profile
     from .scheduler.cost import CostModel, Link
     from .scheduler.energy import DEVICE_PROFILES, Objective
     from .scheduler.planners import plan_all
-    from .scheduler.profiler import profile
 
     if (args.bandwidth is None) == (args.server is None):
         raise _Usage("give --bandwidth RATE, or --server URL to measure the link")

@@ -10,8 +10,8 @@ import pytest
 from helpers import assert_exact, reference
 from lopinfer.errors import LopInferError, PlanError
 from lopinfer.runtime import Server, connect
+from lopinfer.runtime.profiler import profile
 from lopinfer.scheduler.energy import Objective
-from lopinfer.scheduler.profiler import profile
 from lopinfer.transports import LinkShape
 from nets import REFERENCE_NETS
 
@@ -107,7 +107,7 @@ def test_energy_objective_and_bad_arguments():
 
 def test_server_profile_is_cached_by_content(tmp_path, monkeypatch):
     monkeypatch.setenv("LOPINFER_CACHE", str(tmp_path))
-    monkeypatch.setattr("lopinfer.scheduler.profiler._MEMO", {})  # measured afresh here
+    monkeypatch.setattr("lopinfer.runtime.profiler._MEMO", {})  # measured afresh here
     model, x = REFERENCE_NETS["resnet"]()
     import lopinfer
 

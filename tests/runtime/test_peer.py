@@ -15,7 +15,7 @@ from lopinfer.scheduler import cut_plan, local_plan, local_segments, offload_pla
 from nets import REFERENCE_NETS
 
 
-def run_two_peers(graph, plan, x, timeout=60):
+def run_two_peers(graph, plan, x, timeout=60, trace=False, program=False):
     prog = compile_plan(graph, plan)
     done = {p: threading.Event() for p in ("client", "server")}
     runs = {}
@@ -26,15 +26,17 @@ def run_two_peers(graph, plan, x, timeout=60):
     workers = {p: DeviceWorker(f"test-{p}") for p in ("client", "server")}
     try:
         runs["server"] = PeerRun(prog, "server", on_send=sender("client"),
-                                 on_done=lambda r: done["server"].set())
+                                 on_done=lambda r: done["server"].set(), trace=trace)
         runs["client"] = PeerRun(prog, "client", on_send=sender("server"),
-                                 on_done=lambda r: done["client"].set(), inputs=(x,))
+                                 on_done=lambda r: done["client"].set(), inputs=(x,),
+                                 trace=trace)
         for p in ("server", "client"):
             workers[p].add(runs[p])
         for p in ("client", "server"):
             assert done[p].wait(timeout), f"{p} did not finish: {runs[p]!r}"
             assert runs[p].error is None, runs[p].error
-        return pack_outputs(graph, runs["client"].outputs()), runs
+        out = pack_outputs(graph, runs["client"].outputs())
+        return (out, runs, prog) if program else (out, runs)
     finally:
         for w in workers.values():
             w.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 import lopinfer
-from lopinfer.runtime import compile_plan
 from lopinfer.scheduler.builders import (
     cut_plan,
     local_plan,
@@ -14,6 +13,7 @@ from lopinfer.scheduler.builders import (
     offload_plan,
     split_plan,
 )
+from lopinfer.scheduler.compile import compile_program
 from lopinfer.scheduler.cost import CostModel, Link, flop_costs
 from lopinfer.scheduler.limit import physical_limit, plan_bound
 from lopinfer.scheduler.simulator import lower_bound
@@ -51,7 +51,7 @@ def test_plan_bound_is_the_program_bound(graph):
     cm = _cost(graph)
     for plan in _plans(graph):
         ours = plan_bound(graph, plan, cm).seconds
-        theirs = lower_bound(compile_plan(graph, plan, bind=False), cm)
+        theirs = lower_bound(compile_program(graph, plan), cm)
         assert ours == pytest.approx(theirs, rel=1e-6), plan.name
 
 

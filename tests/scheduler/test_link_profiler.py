@@ -7,11 +7,12 @@ import torch
 
 import lopinfer
 from helpers import assert_exact, reference
-from lopinfer.runtime import TiledExecutor, compile_plan
+from lopinfer.runtime import TiledExecutor
+from lopinfer.runtime.profiler import costs_from_json, costs_to_json, fit_line, profile
 from lopinfer.scheduler import local_plan
+from lopinfer.scheduler.compile import compile_program
 from lopinfer.scheduler.cost import CostModel, Link
 from lopinfer.scheduler.link import Hysteresis, LinkEstimator
-from lopinfer.scheduler.profiler import costs_from_json, costs_to_json, fit_line, profile
 from lopinfer.scheduler.simulator import simulate
 from nets import REFERENCE_NETS
 
@@ -47,7 +48,7 @@ def test_fit_line_recovers_fixed_and_per_row():
 
 def test_profile_predicts_the_measured_local_time(tmp_path, monkeypatch):
     monkeypatch.setenv("LOPINFER_CACHE", str(tmp_path))
-    monkeypatch.setattr("lopinfer.scheduler.profiler._MEMO", {})  # measured afresh here
+    monkeypatch.setattr("lopinfer.runtime.profiler._MEMO", {})  # measured afresh here
     model, x = REFERENCE_NETS["vgg"]()
     g = lopinfer.capture(model, (x,))
     costs = profile(g, (x,), repeats=2)
@@ -59,7 +60,7 @@ def test_profile_predicts_the_measured_local_time(tmp_path, monkeypatch):
     again = costs_from_json(costs_to_json(costs))
     assert again.nodes == costs.nodes
     cm = CostModel(costs, costs, Link(1e9), Link(1e9))
-    pred = simulate(compile_plan(g, local_plan(g, 1), bind=False), cm).latency_s
+    pred = simulate(compile_program(g, local_plan(g, 1)), cm).latency_s
     assert pred > 0
     assert_exact(TiledExecutor(g, 1)(x), reference(model, x))
     assert torch.is_tensor(x)
@@ -69,13 +70,13 @@ def test_a_torn_profile_cache_file_is_measured_again(tmp_path, monkeypatch):
     # In loopback both peers share the cache directory; a reader must never fail on a
     # file another process is writing (CI saw "Extra data" from a half-read file).
     monkeypatch.setenv("LOPINFER_CACHE", str(tmp_path))
-    monkeypatch.setattr("lopinfer.scheduler.profiler._MEMO", {})
+    monkeypatch.setattr("lopinfer.runtime.profiler._MEMO", {})
     model, x = REFERENCE_NETS["vgg"]()
     g = lopinfer.capture(model, (x,))
     first = profile(g, (x,), repeats=1)
     (path,) = tmp_path.rglob("*.json")
     path.write_text(costs_to_json(first) + costs_to_json(first)[:40])  # torn: extra data
-    monkeypatch.setattr("lopinfer.scheduler.profiler._MEMO", {})
+    monkeypatch.setattr("lopinfer.runtime.profiler._MEMO", {})
     again = profile(g, (x,), repeats=1)
     assert set(again.nodes) == set(first.nodes)
     assert costs_from_json(path.read_text()).nodes == again.nodes  # rewritten whole

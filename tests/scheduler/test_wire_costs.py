@@ -9,8 +9,8 @@ import torch
 
 import lopinfer
 from lopinfer.runtime.measure import frame_intercept
+from lopinfer.runtime.profiler import costs_from_json, costs_to_json, profile
 from lopinfer.scheduler.cost import CostModel, Link, NodeCost, PeerCosts
-from lopinfer.scheduler.profiler import costs_from_json, costs_to_json, profile
 from lopinfer.transports import HAVE_LZ4
 from lopinfer.transports._compress import AdaptiveCompressor
 from nets import REFERENCE_NETS
@@ -71,7 +71,7 @@ def test_frame_intercept_recovers_the_per_frame_cost():
 
 def test_the_profile_measures_the_wire(tmp_path, monkeypatch):
     monkeypatch.setenv("LOPINFER_CACHE", str(tmp_path))
-    monkeypatch.setattr("lopinfer.scheduler.profiler._MEMO", {})
+    monkeypatch.setattr("lopinfer.runtime.profiler._MEMO", {})
     model, x = REFERENCE_NETS["vgg"]()
     g = lopinfer.capture(model, (x,))
     costs = profile(g, (x,), repeats=1)

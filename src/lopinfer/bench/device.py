@@ -125,7 +125,7 @@ def _record(spec: dict, model: str, method: str, scen: dict, rate: float, rep: i
 async def run(spec: dict) -> None:
     import lopinfer
 
-    from ..scheduler.profiler import profile
+    from ..runtime.profiler import profile
 
     control: PipeControl | ShapeControl = (
         PipeControl(spec.get("device_model", "cfs"), spec.get("cpu_stretch", 1.0))

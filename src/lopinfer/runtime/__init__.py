@@ -4,10 +4,10 @@ from .client import Client, Session, connect
 from .executor import TiledExecutor, check_inputs, pack_outputs, partition, run_tiled
 from .facade import LOPInfer
 from .loopback import loopback
-from .program import Program, Task, compile_plan
+from .program import Bound, Program, Task, bind, compile_plan
 from .protocol import Report
 from .server import Server
 
-__all__ = ["TiledExecutor", "Task", "Program", "compile_plan", "partition", "run_tiled",
+__all__ = ["TiledExecutor", "Task", "Program", "Bound", "bind", "compile_plan", "partition", "run_tiled",
            "check_inputs", "pack_outputs", "Client", "Session", "connect", "Server",
            "LOPInfer", "loopback", "Report"]

@@ -56,7 +56,7 @@ from ..transports import connect as transport_connect
 from .diagnose import check_url, explain_connect_error, hello_failed
 from .executor import TiledExecutor, check_inputs, pack_outputs
 from .peer import DeviceWorker, PeerRun
-from .program import Program, Task, compile_plan
+from .program import Bound, Task, compile_plan
 from .protocol import (
     FRAME_TILE,
     FRAME_WEIGHTS,
@@ -448,7 +448,7 @@ class Session:
         self.planner, self.adapt = planner, adapt
         self.default_plan: Plan = local_plan(graph)
         self.plan: Plan | None = None
-        self.program: Program | None = None
+        self.program: Bound | None = None
         self.remote = False
         self.last_report: Report | None = None
         self.cost: CostModel | None = None
@@ -463,7 +463,7 @@ class Session:
         self._local: TiledExecutor | None = None
         # per plan (kept while the plan book keeps the plan): compiled programs, local
         # executors, and the plan ids the server compiled them under (per connection)
-        self._programs: dict[int, tuple[Plan, Program]] = {}
+        self._programs: dict[int, tuple[Plan, Bound]] = {}
         self._executors: collections.OrderedDict[int, TiledExecutor] = collections.OrderedDict()
         self._server_plans: dict[int, tuple[Plan, Any, int]] = {}
         self._lock = asyncio.Lock()
@@ -557,8 +557,8 @@ class Session:
                                extra_methods: tuple[str, ...] = ()) -> None:
         """Profile both peers (in parallel) and probe the link, then plan (see deploy)."""
         from ..scheduler.adapt import PlanBook
-        from ..scheduler.profiler import profile
         from .measure import probe_link, server_costs
+        from .profiler import profile
 
         client = self.client
         mine: Any = None
@@ -881,7 +881,7 @@ class Session:
         except (TransportError, LopInferError) as exc:
             pending.link_lost(f"sending to the server failed: {exc}")
 
-    def _report(self, program: Program, pending: _Pending, t0: float, latency: float) -> Report:
+    def _report(self, program: Bound, pending: _Pending, t0: float, latency: float) -> Report:
         moved = program.bytes_moved()
         timeline = [{"peer": "client", "kind": k, "task": tid, "start": s - t0, "end": e - t0}
                     for k, tid, s, e in pending.run.spans]

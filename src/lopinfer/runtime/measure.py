@@ -1,6 +1,6 @@
 """What a deploy measures before planning: both peers' costs and the link.
 
-- client costs: :func:`lopinfer.scheduler.profiler.profile` on the client's compute
+- client costs: :func:`lopinfer.runtime.profiler.profile` on the client's compute
   thread (cached by graph hash, device and threads);
 - server costs: a ``ProfileRequest``; the server profiles on its own device and
   sends the fitted costs back (``Profiled``);
@@ -59,7 +59,7 @@ class LinkProbe:
 async def server_costs(client: Client, *, tiles: tuple[int, ...] = (1, 4),
                        repeats: int = 2) -> PeerCosts:
     """The deployed graph's per-node costs measured on the server's device."""
-    from ..scheduler.profiler import costs_from_json
+    from .profiler import costs_from_json
 
     reply = await client._request(ProfileRequest(tiles=list(tiles), repeats=repeats), Profiled)
     costs = costs_from_json(reply.costs_json)

@@ -16,7 +16,6 @@ run through callbacks it provides (which must be thread-safe, e.g. via
 
 from __future__ import annotations
 
-import heapq
 import threading
 import time
 from collections import deque
@@ -28,9 +27,10 @@ import torch
 
 from ..errors import ProtocolError
 from ..log import logger
+from ..scheduler.order import ReadyQueue
 from ..steady import COMPUTE, stretched
 from .accounting import WAIT_BUCKETS, Histogram
-from .program import Program, Task
+from .program import Bound, Task
 
 __all__ = ["PeerRun", "DeviceWorker", "Span"]
 
@@ -43,44 +43,34 @@ SendFn = Callable[[Task, torch.Tensor], None]
 class PeerRun:
     """The tasks of ``peer`` for one inference and their state."""
 
-    def __init__(self, program: Program, peer: str, *, on_send: SendFn,
+    def __init__(self, program: Bound, peer: str, *, on_send: SendFn,
                  on_done: Callable[[PeerRun], object], inputs: tuple[torch.Tensor, ...] = (),
-                 copier: Any = None, owner: Any = None) -> None:
+                 copier: Any = None, owner: Any = None, trace: bool = False) -> None:
         self.program, self.peer = program, peer
         self.owner = owner  # whose compute time this run is (the worker's fair queue)
         self.on_send, self.on_done = on_send, on_done
         self.copier = copier  # a cuda.DeviceCopier on a GPU server, else None
         self.events: dict[int, Any] = {}  # received tiles still being copied to the GPU
-        tasks = program.tasks
-        mine = [t for t in tasks if t.peer == peer]
+        mine = program.peer_tasks(peer)
         self.todo = {t.id for t in mine}
         self.store: dict[int, Any] = {}
-        # a recv task waits for its delivery, not for the other peer's task
-        self.missing = {t.id: 1 if t.kind == "recv" else len(t.deps) for t in mine}
-        self.users: dict[int, list[int]] = {t.id: [] for t in mine}
-        self.sends: dict[int, list[Task]] = {}
-        for t in mine:
-            if t.kind != "recv":
-                for d in t.deps:
-                    self.users[d].append(t.id)
-        for t in tasks:  # pieces the other peer receives from my tasks
-            if t.kind == "recv" and t.peer != peer:
-                self.sends.setdefault(t.deps[0], []).append(t)
+        # who waits on whom and which task runs next: the rules the simulator follows
+        self.queue = ReadyQueue(program.program, peer)
+        self.users = self.queue.index.users
+        self.sends = self.queue.index.sends  # pieces the other peer receives from my tasks
         self.refs = {tid: len(u) for tid, u in self.users.items()}
         self.keep = set(program.outputs) | set(program.inputs) if peer == "client" else set()
         self.expect = {t.id: t for t in mine if t.kind == "recv"}
-        self.ready: list[tuple[int, float, int, int]] = []
         self.lock = threading.Lock()
         self.spans: list[Span] = []
         self.error: BaseException | None = None
         self.cancelled = False
         self.finished = False
         self.started = time.perf_counter()
+        # with trace=True, ("done", task) and ("run", task) in the order they happened
+        # under the lock: enough to replay this peer's choices (tests/runtime/test_order.py)
+        self.trace: list[tuple[str, int]] | None = [] if trace else None
         self.worker: DeviceWorker | None = None
-        with self.lock:
-            for t in mine:
-                if self.missing[t.id] == 0 and t.kind not in ("input", "recv"):
-                    self._push(t)
         for tid, x in zip(program.inputs, inputs):
             if tid in self.todo:
                 self._complete(tid, x)
@@ -89,19 +79,18 @@ class PeerRun:
             on_done(self)
 
     # -- readiness --------------------------------------------------------------------
-    def _push(self, t: Task) -> None:
-        urgent = 0 if t.id in self.sends else 1  # rows the other peer waits for go first
-        heapq.heappush(self.ready, (urgent, -t.rank, t.a, t.id))
-
     def pop_ready(self) -> Task | None:
         with self.lock:
-            if self.cancelled or not self.ready:
+            if self.cancelled or not self.queue:
                 return None
-            return self.program.tasks[heapq.heappop(self.ready)[3]]
+            tid = self.queue.pop()
+            if self.trace is not None:
+                self.trace.append(("run", tid))
+            return self.program.tasks[tid]
 
     @property
     def has_ready(self) -> bool:
-        return bool(self.ready) and not self.cancelled
+        return bool(self.queue) and not self.cancelled
 
     def run_task(self, t: Task) -> None:
         """Execute ``t`` (worker thread) and complete it."""
@@ -113,9 +102,10 @@ class PeerRun:
                     self.copier.wait(ev, self.store[d])
         # the steady device (lopinfer.steady): free unless this process is one
         with torch.inference_mode(), stretched(COMPUTE, (id(self.program.graph), t.kind, t.value, t.a, t.b)):
-            xs = [r(self.store) for r in t.readers]
-            assert t.fn is not None  # run programs are compiled with kernels bound
-            out = t.fn(*xs)
+            xs = [r(self.store) for r in self.program.readers[t.id]]
+            fn = self.program.fns[t.id]
+            assert fn is not None  # only input tasks have none, and they are never run
+            out = fn(*xs)
         self.spans.append((t.kind, t.id, start, time.perf_counter()))
         self._complete(t.id, out)
 
@@ -148,11 +138,11 @@ class PeerRun:
         with self.lock:
             self.store[tid] = out
             self.todo.discard(tid)
-            pieces = [(r, r.readers[0](self.store)) for r in self.sends.get(tid, ())]
-            for u in self.users.get(tid, ()):
-                self.missing[u] -= 1
-                if self.missing[u] == 0 and tasks[u].kind != "recv":
-                    self._push(tasks[u])
+            if self.trace is not None:
+                self.trace.append(("done", tid))
+            readers = self.program.readers
+            pieces = [(r, readers[r.id][0](self.store)) for r in self.sends.get(tid, ())]
+            self.queue.complete(tid)
             for d in (tasks[tid].deps if tasks[tid].kind != "recv" else ()):
                 if d in self.refs:  # free chunks no task here reads any more
                     self.refs[d] -= 1
@@ -185,7 +175,7 @@ class PeerRun:
         return [self.store[tid] for tid in self.program.outputs]
 
     def __repr__(self) -> str:
-        return (f"<PeerRun {self.peer} todo={len(self.todo)} ready={len(self.ready)} "
+        return (f"<PeerRun {self.peer} todo={len(self.todo)} ready={len(self.queue)} "
                 f"finished={self.finished}>")
 
 

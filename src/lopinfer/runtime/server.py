@@ -52,7 +52,7 @@ from ..transports import (
 from .accounting import Accounts
 from .limits import ServerLimits, check_graph, graph_bytes
 from .peer import DeviceWorker, PeerRun
-from .program import Program, Task, compile_plan
+from .program import Bound, Task, compile_plan
 from .protocol import (
     FRAME_PROBE,
     FRAME_TILE,
@@ -261,7 +261,7 @@ class _Session:
     def __init__(self, server: Server, conn: Connection, sid: int) -> None:
         self.server, self.conn, self.id = server, conn, sid
         self.graph: Graph | None = None
-        self.programs: dict[int, Program] = {}
+        self.programs: dict[int, Bound] = {}
         self.runs: dict[int, PeerRun] = {}
         self.started: dict[int, float] = {}
         self.started_ns: dict[int, int] = {}
@@ -353,7 +353,7 @@ class _Session:
 
     async def _on_message(self, msg: Any) -> None:
         srv = self.server
-        program: Program | None
+        program: Bound | None
         if isinstance(msg, Deploy):
             await self._deploy(msg)
         elif isinstance(msg, UsePlan):
@@ -396,7 +396,7 @@ class _Session:
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} message")
 
-    async def _compile(self, plan_json: str) -> Program:
+    async def _compile(self, plan_json: str) -> Bound:
         """A client's plan, bounded in tiles before compiling and in time while it compiles."""
         assert self.graph is not None
         lim = self.server.limits
@@ -478,7 +478,7 @@ class _Session:
     async def _profile(self, msg: ProfileRequest) -> None:
         """Measure the deployed graph on this server's device (cached by content hash,
         device and threads), on the device worker so it never races an inference."""
-        from ..scheduler.profiler import costs_to_json, profile
+        from .profiler import costs_to_json, profile
 
         if self.graph is None:
             await self.conn.send_message(Error(code="profile", message="no graph deployed"))

@@ -54,7 +54,7 @@ async def measured_cost_model(url: str, graph: Graph, *, token: str = "",
     profiled as the client (unless ``client_costs``), the server's real profile of its
     own device (the graph is uploaded unless it has it), the link probed."""
     from ..scheduler.builders import local_plan
-    from ..scheduler.profiler import profile
+    from .profiler import profile
 
     async with connect(url, token=token, timeout=timeout, strict=True,
                        name="lopinfer-plan") as client:

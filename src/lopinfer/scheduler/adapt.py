@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..graph import Graph
+from ..progress import progress as show_progress
 from .cost import CostModel
 from .energy import Objective
 from .link import Hysteresis
@@ -97,10 +98,8 @@ class PlanBook:
 
     def fill(self, stop: threading.Event | None = None, progress: bool = False) -> None:
         """Compute the whole grid, nearest to the centre first (``stop`` ends it early)."""
-        from .profiler import _progress
-
         centre = self.nearest(self.cost.up.bandwidth)
-        step = _progress(progress, len(self.grid), "planning")
+        step = show_progress(progress, len(self.grid), "planning")
         for i in sorted(range(len(self.grid)), key=lambda i: abs(i - centre)):
             if stop is not None and stop.is_set():
                 return

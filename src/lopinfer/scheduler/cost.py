@@ -2,7 +2,7 @@
 
 A node's cost on a peer is ``fixed + per_row * rows`` (a fitted line; a global node
 is one "row"). Costs come from a profile measured on the peer (see
-:mod:`lopinfer.scheduler.profiler`) or, before any profile, from FLOPs at a nominal
+:mod:`lopinfer.runtime.profiler`) or, before any profile, from FLOPs at a nominal
 speed. The link is one FIFO per direction: a frame of ``n`` bytes occupies it for
 
     link.frame_overhead + sender.frame_cpu + receiver.frame_cpu
@@ -19,12 +19,14 @@ when LZ4 pays and ``n`` otherwise.
 
 from __future__ import annotations
 
+import json
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..graph import Graph
-from ..transports import _compress as lz4rule  # the transport's own LZ4 rule
+from ..transports import compression as lz4rule  # the transport's own LZ4 rule
 
 __all__ = ["NodeCost", "PeerCosts", "Link", "CostModel", "flop_costs"]
 
@@ -154,3 +156,41 @@ def flop_costs(graph: Graph, flops_per_s: float, *, per_call: float = 20e-6,
         work = fl.get(n.name, 0) / flops_per_s + n.meta.nbytes / bytes_per_s
         nodes[n.name] = NodeCost(per_call, work / max(rows, 1))
     return PeerCosts(nodes, 1.0 / bytes_per_s, name)
+
+
+# -- measured costs as data: fitted, written, read back --------------------------------
+def fit_line(points: list[tuple[int, float]]) -> NodeCost:
+    """Least-squares ``fixed + per_row * rows`` through (rows, seconds), non-negative."""
+    if not points:
+        return NodeCost(0.0, 0.0)
+    xs = [float(r) for r, _ in points]
+    ys = [t for _, t in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return NodeCost(0.0, my / mx if mx else 0.0)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+    slope = max(slope, 0.0)
+    fixed = max(my - slope * mx, 0.0)
+    if fixed == 0.0:  # refit the slope through the origin
+        slope = sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
+    return NodeCost(fixed, slope)
+
+
+def costs_to_json(costs: PeerCosts) -> str:
+    return json.dumps({"name": costs.name, "copy_per_byte": costs.copy_per_byte,
+                       "nodes": {k: [v.fixed, v.per_row] for k, v in costs.nodes.items()},
+                       "wire": {"frame_cpu": costs.frame_cpu,
+                                "codec_per_byte": costs.codec_per_byte,
+                                "lz4_per_byte": costs.lz4_per_byte,
+                                "unlz4_per_byte": costs.unlz4_per_byte},
+                       "lz4_ratio": costs.lz4_ratio})
+
+
+def costs_from_json(text: str) -> PeerCosts:
+    d = json.loads(text)
+    wire = {k: float(v) for k, v in d.get("wire", {}).items()
+            if k in ("frame_cpu", "codec_per_byte", "lz4_per_byte", "unlz4_per_byte")}
+    return PeerCosts({str(k): NodeCost(float(a), float(b)) for k, (a, b) in d["nodes"].items()},
+                     float(d["copy_per_byte"]), str(d.get("name", "")), **wire,
+                     lz4_ratio={str(k): float(v) for k, v in d.get("lz4_ratio", {}).items()})

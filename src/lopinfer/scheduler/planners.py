@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 from ..errors import PlanError
 from ..graph import Graph
-from ..runtime.program import Program, compile_plan
 from .builders import cut_plan, local_plan, local_segments, offload_plan, split_plan
+from .compile import compile_program
 from .cost import CostModel
 from .energy import Objective, device_energy, score
 from .plan import WHOLE, NodeRows, Plan
+from .program import Program
 from .simulator import Prediction, lower_bound, simulate
 
 __all__ = ["Scored", "evaluate", "PLANNERS", "plan_all", "partition_cost", "plan_key"]
@@ -66,7 +67,7 @@ def _compiled(graph: Graph, plan: Plan) -> Program:
         if hit is not None and hit[0] is graph:
             _PROGRAMS.move_to_end(key)
             return hit[1]
-    prog = compile_plan(graph, plan, bind=False)
+    prog = compile_program(graph, plan)
     with _PROGRAMS_LOCK:
         _PROGRAMS[key] = (graph, prog)
         while len(_PROGRAMS) > _PROGRAMS_MAX:

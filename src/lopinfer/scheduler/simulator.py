@@ -1,7 +1,7 @@
 """Discrete-event simulator with exactly the runtime's rules.
 
-One compute worker per peer takes the ready task with the smallest key
-``(has sends ? 0 : 1, -rank, first row, id)`` — the key :class:`PeerRun` uses. When a
+One compute worker per peer takes the next ready task by the rules of
+:mod:`lopinfer.scheduler.order`, the ones :class:`~lopinfer.runtime.peer.PeerRun` runs by. When a
 task ends, each piece the other peer receives from it joins that direction's FIFO link
 in the order the program lists them; a piece occupies the link for its transfer time
 (:meth:`CostModel.transfer`: per-frame and per-byte costs of both peers and the link,
@@ -18,10 +18,11 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..runtime.program import Program, Task, piece_bytes
 from .cost import CostModel
+from .order import ReadyQueue
+from .program import Program, Task, piece_bytes
 
-__all__ = ["Prediction", "simulate", "lower_bound"]
+__all__ = ["Prediction", "simulate", "lower_bound", "peer_queue"]
 
 
 @dataclass
@@ -49,21 +50,16 @@ def task_cost(prog: Program, t: Task, cost: CostModel) -> float:
     return 0.0
 
 
+def peer_queue(prog: Program, peer: str) -> ReadyQueue:
+    """The ready queue of one simulated peer: the runtime's (one place to look)."""
+    return ReadyQueue(prog, peer)
+
+
 def simulate(prog: Program, cost: CostModel, *, timeline: bool = False) -> Prediction:
     """Predict the latency (and optionally the timeline) of ``prog`` under ``cost``."""
     tasks = prog.tasks
-    sends: dict[int, list[Task]] = {}
-    users: dict[int, list[int]] = {t.id: [] for t in tasks}
-    missing: dict[int, int] = {}
-    for t in tasks:
-        if t.kind == "recv":
-            sends.setdefault(t.deps[0], []).append(t)
-            missing[t.id] = 1
-        else:
-            missing[t.id] = len(t.deps)
-            for d in t.deps:
-                users[d].append(t.id)
-    ready: dict[str, list[tuple[int, float, int, int]]] = {"client": [], "server": []}
+    # each peer's worker by the runtime's own rules (lopinfer.scheduler.order)
+    queues = {p: peer_queue(prog, p) for p in ("client", "server")}
     free_at = {"client": 0.0, "server": cost.up.latency}
     link_free = {"server": 0.0, "client": 0.0}  # keyed by receiving peer
     events: list[tuple[float, int, int, int]] = []  # (time, seq, kind 0=done 1=arrive, task)
@@ -72,10 +68,6 @@ def simulate(prog: Program, cost: CostModel, *, timeline: bool = False) -> Predi
     spans = pred.timeline
     todo_client = sum(1 for t in tasks if t.peer == "client")
 
-    def push_ready(t: Task) -> None:
-        key = (0 if t.id in sends else 1, -t.rank, t.a, t.id)
-        heapq.heappush(ready[t.peer], key)
-
     def complete(tid: int, now: float) -> None:
         nonlocal seq, todo_client
         t = tasks[tid]
@@ -83,11 +75,9 @@ def simulate(prog: Program, cost: CostModel, *, timeline: bool = False) -> Predi
             todo_client -= 1
             if todo_client == 0:
                 pred.latency_s = now
-        for u in users[tid]:
-            missing[u] -= 1
-            if missing[u] == 0:
-                push_ready(tasks[u])
-        for r in sends.get(tid, ()):
+        queue = queues[t.peer]
+        queue.complete(tid)
+        for r in queue.index.sends.get(tid, ()):
             n = piece_bytes(prog.graph, r)
             start = max(now, link_free[r.peer])
             took, wire = cost.transfer(r.peer, n, r.value)
@@ -108,16 +98,13 @@ def simulate(prog: Program, cost: CostModel, *, timeline: bool = False) -> Predi
             seq += 1
             heapq.heappush(events, (arrive, seq, 1, r.id))
 
-    for t in tasks:
-        if missing[t.id] == 0 and t.kind not in ("input", "recv"):
-            push_ready(t)
     for tid in prog.inputs:
         complete(tid, 0.0)
     now = 0.0
     while True:
         for peer in ("client", "server"):
-            if ready[peer] and free_at[peer] <= now:
-                tid = heapq.heappop(ready[peer])[3]
+            if queues[peer] and free_at[peer] <= now:
+                tid = queues[peer].pop()
                 start = max(now, free_at[peer])
                 dur = task_cost(prog, tasks[tid], cost)
                 free_at[peer] = start + dur
@@ -130,7 +117,7 @@ def simulate(prog: Program, cost: CostModel, *, timeline: bool = False) -> Predi
                                   "start": start, "end": start + dur})
                 seq += 1
                 heapq.heappush(events, (start + dur, seq, 0, tid))
-        waiting = [free_at[p] for p in ("client", "server") if ready[p] and free_at[p] > now]
+        waiting = [free_at[p] for p in ("client", "server") if queues[p] and free_at[p] > now]
         if events and (not waiting or events[0][0] <= min(waiting)):
             now, _, _, tid = heapq.heappop(events)
             complete(tid, now)

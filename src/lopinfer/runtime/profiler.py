@@ -3,7 +3,7 @@
 Runs the graph tiled at two granularities (after warm-up), times every kernel call,
 and fits, per node, a line through (rows, seconds) by least squares (both
 coefficients kept non-negative). Global nodes get their whole-value time. The wire's
-costs on this peer are measured too (:mod:`lopinfer.scheduler.wire`): per frame and
+costs on this peer are measured too (:mod:`lopinfer.runtime.wire`): per frame and
 per byte of the transport's codec, LZ4 speed, and each value's LZ4 ratio, taken on the
 values the warm-up run computes. Profiles are
 cached by (graph content hash, device, torch threads) in memory and on disk
@@ -13,7 +13,6 @@ re-profile.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import threading
@@ -25,54 +24,18 @@ from typing import Any
 import torch
 
 from ..graph import Graph
-from ..steady import COMPUTE, stretched
-from .cost import NodeCost, PeerCosts
+from ..progress import progress as _progress
+from ..scheduler.cost import NodeCost, PeerCosts, costs_from_json, costs_to_json, fit_line
+from .executor import TiledExecutor
 from .wire import Lz4Meter, measure_codec
 
-__all__ = ["profile", "fit_line", "costs_to_json", "costs_from_json"]
+__all__ = ["profile", "fit_line", "costs_to_json", "costs_from_json"]  # the last three: re-exported
 
 _MEMO: dict[tuple[str, str, int], PeerCosts] = {}
 
 
-def fit_line(points: list[tuple[int, float]]) -> NodeCost:
-    """Least-squares ``fixed + per_row * rows`` through (rows, seconds), non-negative."""
-    if not points:
-        return NodeCost(0.0, 0.0)
-    xs = [float(r) for r, _ in points]
-    ys = [t for _, t in points]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    if var == 0:
-        return NodeCost(0.0, my / mx if mx else 0.0)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
-    slope = max(slope, 0.0)
-    fixed = max(my - slope * mx, 0.0)
-    if fixed == 0.0:  # refit the slope through the origin
-        slope = sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
-    return NodeCost(fixed, slope)
-
-
 def _cache_dir() -> Path:
     return Path(os.environ.get("LOPINFER_CACHE", Path.home() / ".cache" / "lopinfer")) / "profiles"
-
-
-def costs_to_json(costs: PeerCosts) -> str:
-    return json.dumps({"name": costs.name, "copy_per_byte": costs.copy_per_byte,
-                       "nodes": {k: [v.fixed, v.per_row] for k, v in costs.nodes.items()},
-                       "wire": {"frame_cpu": costs.frame_cpu,
-                                "codec_per_byte": costs.codec_per_byte,
-                                "lz4_per_byte": costs.lz4_per_byte,
-                                "unlz4_per_byte": costs.unlz4_per_byte},
-                       "lz4_ratio": costs.lz4_ratio})
-
-
-def costs_from_json(text: str) -> PeerCosts:
-    d = json.loads(text)
-    wire = {k: float(v) for k, v in d.get("wire", {}).items()
-            if k in ("frame_cpu", "codec_per_byte", "lz4_per_byte", "unlz4_per_byte")}
-    return PeerCosts({str(k): NodeCost(float(a), float(b)) for k, (a, b) in d["nodes"].items()},
-                     float(d["copy_per_byte"]), str(d.get("name", "")), **wire,
-                     lz4_ratio={str(k): float(v) for k, v in d.get("lz4_ratio", {}).items()})
 
 
 def _file_name(key: tuple[str, str, int]) -> str:
@@ -95,8 +58,6 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
             device: torch.device | str = "cpu") -> PeerCosts:
     """Measure this peer's per-node costs for ``graph`` (random inputs by default) on
     ``device`` (where the graph's weights already are)."""
-    from ..runtime.executor import TiledExecutor
-
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     device = str(dev)
@@ -125,24 +86,15 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
     for t in tiles:
         ex = TiledExecutor(graph, t)
         for rep in range(repeats + 1):
-            store: list[Any] = [None] * len(ex.tasks)
-            for tid, x in zip(ex.program.inputs, inputs):
-                store[tid] = x
-            with torch.inference_mode():
-                for tid, fn, readers, _ in ex._steps:
-                    xs = [r(store) for r in readers]
-                    task = ex.tasks[tid]
-                    tkey = (id(graph), task.kind, task.value, task.a, task.b)
-                    s = time.perf_counter()
-                    with stretched(COMPUTE, tkey):  # a steady device is measured as it runs
-                        store[tid] = fn(*xs)
-                        sync()
-                    dt = time.perf_counter() - s
-                    if rep > 0 and task.kind in ("tile", "whole"):  # rep 0 warms up
-                        rows = task.b - task.a if task.kind == "tile" else 1
-                        samples[task.value][rows].append(dt)
-                    elif rep == 0 and t == tiles[0] and task.kind in ("tile", "whole"):
-                        lz4.see(task.value, store[tid])  # its first tile: ratio, speed
+            def seen(task: Any, out: Any, r0: float, s: float, e: float,
+                     rep: int = rep, t: int = t) -> None:
+                if rep > 0 and task.kind in ("tile", "whole"):  # rep 0 warms up
+                    rows = task.b - task.a if task.kind == "tile" else 1
+                    samples[task.value][rows].append(e - s)
+                elif rep == 0 and t == tiles[0] and task.kind in ("tile", "whole"):
+                    lz4.see(task.value, out)  # its first tile: ratio, speed
+
+            ex.run(inputs, seen, sync=sync)  # a steady device is measured as it runs
             bar()
     nodes = {}
     for node in graph:
@@ -178,24 +130,3 @@ def _copy_cost(dev: torch.device) -> float:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - s) / 5 / (8 << 20)
-
-
-def _progress(enabled: bool, total: int, label: str) -> Any:
-    if not enabled:
-        return lambda: None
-    try:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=label, leave=False)
-        return lambda: bar.update(1)
-    except ImportError:
-        import sys
-
-        done = [0]
-
-        def step() -> None:
-            done[0] += 1
-            print(f"\r{label}: {done[0]}/{total}", end="" if done[0] < total else "\n",
-                  file=sys.stderr, flush=True)
-
-        return step

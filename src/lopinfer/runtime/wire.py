@@ -1,6 +1,6 @@
 """What the wire costs this peer: per frame, per byte encoded, per byte LZ4'd.
 
-Part of a profile (:func:`lopinfer.scheduler.profiler.profile`), measured on the peer
+Part of a profile (:func:`lopinfer.runtime.profiler.profile`), measured on the peer
 that pays it, so that a throttled device pays its own slow codec in the plan:
 
 - ``frame_cpu``: encoding and decoding a one-row tile frame (headers, checks, the
@@ -23,9 +23,7 @@ from typing import Any
 import torch
 
 from ..steady import CPU, stretched
-from ..transports import Frame
-from ..transports._codec import decode_frame, encode_frame
-from ..transports._compress import HAVE_LZ4
+from ..transports import HAVE_LZ4, Frame, decode_frame, encode_frame
 
 __all__ = ["measure_codec", "Lz4Meter"]
 
