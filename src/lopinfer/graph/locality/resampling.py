@@ -141,15 +141,21 @@ def upsample(node: Node, g: Graph, td: TD) -> Locality | None:
     else:  # .default: per-dim optional scales after the output size
         sc = list(tail) + [None] * (n - len(tail))
         scales = None if all(v is None for v in sc) else [v or 0.0 for v in sc]
-    source = None if mode == "linear" else _nearest_source(node, g.meta(x).shape, d)
+    source = None if mode == "linear" else _nearest_source(node, g.meta(x).shape, d,
+                                                             g.meta(x).dtype)
     return Upsample(node, d, whole_deps(node, x, d), mode=mode, in_size=g.meta(x).shape[d],
                     axis=d - (rank - n), n=n, scales=scales, align=align, source=source)
 
 
-def _nearest_source(node: Node, in_shape: tuple[int, ...], d: int) -> torch.Tensor:
+def _nearest_source(node: Node, in_shape: tuple[int, ...], d: int,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The input row each output row of a nearest resize copies, asked of the op itself
     (its kernels special-case sizes per op and per rank: a 1-d resize of equal sizes
-    follows the scale, a 2-d one copies), by resizing a tensor of row numbers."""
+    follows the scale, a 2-d one copies), by resizing a tensor of row numbers.
+
+    The probe has the input's precision: ATen computes the scale in the operand's
+    math type (double for float64, float otherwise), and 255 -> 474 rows maps row 158
+    to 84 in float but 85 in double."""
     # only dim d is probed: ATen computes each dim's indices alone, so the other dims
     # are made 1 wide (and their output sizes 1), whatever sizes a peer declared
     first = len(in_shape) - int(node.target.split(".")[1][-2])
@@ -163,7 +169,8 @@ def _nearest_source(node: Node, in_shape: tuple[int, ...], d: int) -> torch.Tens
             args[2] = [v if k == axis else 1.0 for k, v in enumerate(args[2])]
     else:  # per-dim optional scales after the output size
         args[2:] = [v if k == axis else None for k, v in enumerate(args[2:])]
-    rows = torch.arange(in_shape[d], dtype=torch.float64).reshape(shape)
+    probe = torch.float64 if dtype == torch.float64 else torch.float32  # rows < 2**24: exact
+    rows = torch.arange(in_shape[d], dtype=probe).reshape(shape)
     out = node.op(rows, *args[1:], **node.kwargs)
     return out.reshape(-1).round().to(torch.int64)
 
