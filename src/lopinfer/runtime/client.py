@@ -42,6 +42,7 @@ from ..scheduler.cost import CostModel, Link, PeerCosts
 from ..scheduler.energy import DEVICE_PROFILES, DeviceProfile, Objective, device_energy
 from ..scheduler.link import LinkEstimator, ReceiptLog
 from ..scheduler.plan import Plan
+from ..scheduler.registry import available, default_methods
 from ..transports import (
     Bye,
     Connection,
@@ -323,12 +324,11 @@ class Client:
             CaptureError, InputError, UnsupportedModelError: the model cannot be used.
             PlanError: ``plan`` is invalid for the model, or an unknown planner.
         """
-        from ..scheduler.planners import PLANNERS
+        from ..scheduler.registry import methods as planners
 
         obj = _objective(objective, deadline_s, device_profile)
-        if plan is None and planner not in PLANNERS and planner != "lopinfer":
-            raise PlanError(f"unknown planner {planner!r}; use one of "
-                            f"{sorted([*PLANNERS, 'lopinfer'])}")
+        if plan is None and planner not in planners():
+            raise PlanError(f"unknown planner {planner!r}; use one of {sorted(planners())}")
         if watch is None and isinstance(model, torch.nn.Module):
             module = model
             watch = ModelWatch(module, lambda xs: capture(module, xs))
@@ -576,14 +576,10 @@ class Session:
                               Link(probe.down, probe.rtt / 2, probe.down_frame_s),
                               info={"probe": repr(probe)}, compression=self._compression())
         assert self.planner is not None
-        methods: tuple[str, ...] = ("local", "offload", "neurosurgeon", "dads", "lopinfer") \
-            if self.planner == "lopinfer" else (self.planner,)
+        methods: tuple[str, ...] = default_methods() if self.planner == "lopinfer" \
+            else (self.planner,)
         methods += tuple(m for m in extra_methods if m not in methods)
-        if "dads" in methods:
-            try:
-                import networkx  # noqa: F401
-            except ImportError:  # the bench extra brings it
-                methods = tuple(m for m in methods if m != "dads")
+        methods = tuple(m for m in methods if available(m))  # e.g. dads without networkx
         self.book = PlanBook(self.graph, self.cost, self.objective, methods, grid=grid)
         if self.adapt:  # the whole grid now: planning later would steal the inferences' CPU
             await asyncio.to_thread(self.book.fill, self._stop, progress)

@@ -21,7 +21,8 @@ from .cost import CostModel
 from .energy import Objective
 from .link import Hysteresis
 from .plan import Plan
-from .planners import Scored, plan_all, plan_key, plan_lopinfer
+from .planners import Scored, plan_all, plan_key
+from .registry import default_methods
 
 __all__ = ["PlanBook", "Choice", "bandwidth_grid"]
 
@@ -53,14 +54,15 @@ class PlanBook:
         cost: the measured cost model (its up bandwidth is the grid's centre; the
             down/up ratio measured at deploy is kept at every grid point).
         objective: what the planners minimise.
-        methods: planners to run (``lopinfer`` sees the others as candidates).
+        methods: planners to run (default: the registry's defaults; the searches see
+            the others as candidates).
     """
 
     def __init__(self, graph: Graph, cost: CostModel, objective: Objective,
-                 methods: Iterable[str] = ("local", "offload", "neurosurgeon", "dads", "lopinfer"),
+                 methods: Iterable[str] | None = None,
                  *, grid: list[float] | None = None, margin: float = 0.25) -> None:
         self.graph, self.cost, self.objective = graph, cost, objective
-        self.methods = tuple(methods)
+        self.methods = default_methods() if methods is None else tuple(methods)
         self.grid = sorted(grid or bandwidth_grid(cost.up.bandwidth))
         self.ratio = cost.down.bandwidth / cost.up.bandwidth
         self._plans: dict[int, dict[str, Scored]] = {}
@@ -81,13 +83,7 @@ class PlanBook:
             if index in self._plans:
                 return self._plans[index]
         cost = self.cost_at(self.grid[index])
-        plans = plan_all(self.graph, cost, self.objective,
-                         [m for m in self.methods if m != "lopinfer-energy"])
-        if "lopinfer-energy" in self.methods and "offload" in plans:
-            # least device energy among plans no slower than offloading everything
-            goal = Objective("energy", plans["offload"].latency_s, self.objective.profile)
-            plans["lopinfer-energy"] = plan_lopinfer(self.graph, cost, goal,
-                                                     baselines=list(plans.values()))
+        plans = plan_all(self.graph, cost, self.objective, self.methods)
         with self._lock:
             for scored in plans.values():  # one Plan object per distinct plan, grid-wide
                 scored.plan = self._interned.setdefault(plan_key(scored.plan), scored.plan)

@@ -13,7 +13,7 @@ from typing import Union, cast
 from ..errors import PlanError
 from ..graph import Graph, Node
 from ..graph.locality import Locality, default_dim
-from .plan import WHOLE, NodeRows, Plan
+from .plan import WHOLE, NodeRows, Plan, Split
 
 __all__ = [
     "TileSpec",
@@ -94,14 +94,15 @@ def _input_edges(graph: Graph, tiles: TileSpec, min_rows: int) -> dict[str, tupl
 def local_plan(graph: Graph, tiles: TileSpec = 1, min_rows: int = 1) -> Plan:
     """Everything on the client (the no-server baseline, and the tiled executor)."""
     nodes = {n.name: NodeRows(client=node_tiles(n, tiles, min_rows)) for n in graph}
-    return Plan("local" if tiles == 1 else f"local/t{tiles}", nodes, kind="local")
+    return Plan("local" if tiles == 1 else f"local/t{tiles}", nodes, kind="local",
+                tiles=_count(tiles))
 
 
 def offload_plan(graph: Graph, tiles: TileSpec = 4, min_rows: int = 1) -> Plan:
     """Everything on the server; the input streams up in tiles, the output comes back."""
     nodes = {n.name: NodeRows(server=node_tiles(n, tiles, min_rows)) for n in graph}
     return Plan(f"offload/t{tiles}" if tiles != 1 else "offload", nodes,
-                _input_edges(graph, tiles, min_rows), kind="offload")
+                _input_edges(graph, tiles, min_rows), kind="offload", tiles=_count(tiles))
 
 
 def cut_plan(graph: Graph, k: int, tiles: TileSpec = 4, min_rows: int = 1) -> Plan:
@@ -114,7 +115,7 @@ def cut_plan(graph: Graph, k: int, tiles: TileSpec = 4, min_rows: int = 1) -> Pl
         t = node_tiles(n, tiles, min_rows)
         nodes[n.name] = NodeRows(client=t) if i < k else NodeRows(server=t)
     return Plan(f"cut@{k}/t{tiles}", nodes, _input_edges(graph, tiles, min_rows), kind="cut",
-                info={"k": k})
+                tiles=_count(tiles), cut=k)
 
 
 def split_plan(graph: Graph, fraction: float, start: int, stop: int, tiles: TileSpec = 2,
@@ -170,7 +171,12 @@ def split_plan(graph: Graph, fraction: float, start: int, stop: int, tiles: Tile
             )
     name = f"split[{start}:{stop}]@{fraction:g}/{halo}/t{tiles}"
     return Plan(name, nodes, _input_edges(graph, tiles, min_rows), kind="split",
-                info={"fraction": fraction, "start": start, "stop": stop, "halo": halo})
+                tiles=_count(tiles), split=Split(fraction, start, stop, halo))
+
+
+def _count(tiles: TileSpec) -> int | None:
+    """The tile count of a uniform spec (None for sizes, edges or a function)."""
+    return tiles if isinstance(tiles, int) else None
 
 
 def local_segments(graph: Graph) -> list[tuple[int, int]]:

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import PlanError
 from ..graph import Graph
 
-__all__ = ["Plan", "NodeRows", "PEERS", "WHOLE"]
+__all__ = ["Plan", "NodeRows", "Split", "PEERS", "WHOLE"]
 
 PEERS = ("client", "server")
 WHOLE = (0, 1)  # the one "row" of a global node: its whole output
@@ -39,15 +39,36 @@ class NodeRows:
         return self.client if peer == "client" else self.server
 
 
+@dataclass(frozen=True)
+class Split:
+    """An intra-layer split: the client computes the first ``fraction`` of each node of
+    ``graph.nodes[start:stop]``, the server the rest; halos sent or recomputed."""
+
+    fraction: float
+    start: int
+    stop: int
+    halo: str
+
+
 @dataclass
 class Plan:
-    """Per node, the tiles each peer computes; per input, its streaming pieces."""
+    """Per node, the tiles each peer computes; per input, its streaming pieces.
+
+    How a builder made it, as typed fields (never parsed back out of ``name``):
+    ``tiles`` (its uniform tile count, None for another spec), ``cut`` (the first
+    server node of a cut), ``split``; and who chose it: ``planner``, ``candidates``
+    (how many plans that planner scored). ``info`` is free-form (a user's notes)."""
 
     name: str
     nodes: dict[str, NodeRows]
     input_edges: dict[str, tuple[int, ...]] = field(default_factory=dict)
     kind: str = "custom"
     info: dict[str, Any] = field(default_factory=dict)
+    tiles: int | None = None
+    cut: int | None = None
+    split: Split | None = None
+    planner: str = ""
+    candidates: int = 0
 
     # -- queries --------------------------------------------------------------------------
     def peers_of(self, node: str) -> list[str]:
@@ -108,6 +129,11 @@ class Plan:
             "name": self.name,
             "kind": self.kind,
             "info": self.info,
+            "tiles": self.tiles,
+            "cut": self.cut,
+            "split": None if self.split is None else vars_of(self.split),
+            "planner": self.planner,
+            "candidates": self.candidates,
             "input_edges": {k: list(v) for k, v in self.input_edges.items()},
             "nodes": {
                 k: {"client": [list(t) for t in v.client], "server": [list(t) for t in v.server]}
@@ -133,7 +159,14 @@ class Plan:
             info = d.get("info", {})
             if not isinstance(info, dict):
                 raise PlanError("plan info must be an object")
-            return cls(str(d["name"]), nodes, edges, str(d.get("kind", "custom")), info)
+            split = d.get("split")
+            split = None if split is None else Split(
+                float(split["fraction"]), int(split["start"]), int(split["stop"]),
+                str(split["halo"]))
+            tiles, cut = d.get("tiles"), d.get("cut")
+            return cls(str(d["name"]), nodes, edges, str(d.get("kind", "custom")), info,
+                       None if tiles is None else int(tiles), None if cut is None else int(cut),
+                       split, str(d.get("planner", "")), int(d.get("candidates", 0)))
         except PlanError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -164,6 +197,11 @@ class Plan:
             rows = self.nodes.get(name, NodeRows())
             lines.append(f"  {name:<28} client {_fmt(rows.client):<24} server {_fmt(rows.server)}")
         return "\n".join(lines)
+
+
+def vars_of(split: Split) -> dict[str, Any]:
+    return {"fraction": split.fraction, "start": split.start, "stop": split.stop,
+            "halo": split.halo}
 
 
 def _intervals(v: Iterable[Any]) -> tuple[Interval, ...]:

@@ -1,4 +1,5 @@
 """Planners: each returns a Plan the runtime runs unchanged, scored by the simulator.
+Each is registered with :func:`~lopinfer.scheduler.registry.planner`:
 
 - ``local``: everything on the device.
 - ``offload``: everything on the server, the input streamed in tiles.
@@ -16,7 +17,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import PlanError
 from ..graph import Graph
@@ -26,9 +27,10 @@ from .cost import CostModel
 from .energy import Objective, device_energy, score
 from .plan import WHOLE, NodeRows, Plan
 from .program import Program
+from .registry import default_methods, planner, registered
 from .simulator import Prediction, lower_bound, simulate
 
-__all__ = ["Scored", "evaluate", "PLANNERS", "plan_all", "partition_cost", "plan_key"]
+__all__ = ["Scored", "evaluate", "plan_all", "partition_cost", "plan_key"]
 
 
 @dataclass
@@ -96,15 +98,21 @@ def _best(graph: Graph, plans: Iterable[Plan], cost: CostModel, objective: Objec
     return best
 
 
+@planner("local", baseline=True)
 def plan_local(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
+    """Everything on the device."""
     return evaluate(graph, local_plan(graph, 1), cost, objective)
 
 
+@planner("offload", baseline=True)
 def plan_offload(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
+    """Everything on the server, the input streamed in tiles (the best of 1, 2, 4, 8)."""
     return _best(graph, (offload_plan(graph, t, min_rows=2) for t in (1, 2, 4, 8)), cost, objective)
 
 
+@planner("neurosurgeon", baseline=True)
 def plan_neurosurgeon(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
+    """The best single cut in topological order, sequential, no tiling."""
     return _best(graph, (cut_plan(graph, k, 1) for k in range(len(graph) + 1)), cost, objective)
 
 
@@ -134,8 +142,11 @@ def partition_cost(graph: Graph, client: set[str], cost: CostModel) -> float:
     return total
 
 
+@planner("dads", requires="networkx", baseline=True)
 def plan_dads(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
-    """Minimum s-t cut: a node on the server pays its server time, on the client its
+    """A minimum s-t cut of the DAG (networkx max-flow), sequential, no tiling.
+
+    Minimum s-t cut: a node on the server pays its server time, on the client its
     client time, a value crossing pays its transfer time once per direction."""
     try:
         import networkx as nx
@@ -197,9 +208,11 @@ def _golden(f: Callable[[float], float], lo: float, hi: float, steps: int = 8) -
     return (a + b) / 2
 
 
+@planner("lopinfer", searches=True)
 def plan_lopinfer(graph: Graph, cost: CostModel, objective: Objective,
                   baselines: Iterable[Scored] = ()) -> Scored:
-    """Search cuts x tiles, intra-layer splits x fractions x halo policy, keep the best."""
+    """A search over cuts x tile counts and intra-layer splits x fractions x halo
+    policies, scored by the simulator, the baselines' plans among the candidates."""
     pool: list[Scored] = list(baselines)
 
     def key(s: Scored) -> tuple[float, float]:
@@ -214,7 +227,7 @@ def plan_lopinfer(graph: Graph, cost: CostModel, objective: Objective,
         return s
 
     n = len(graph)
-    best_k = min(pool, key=key).plan.info.get("k") if pool else None
+    best_k = min(pool, key=key).plan.cut if pool else None
     cuts = sorted(set(range(0, n + 1, max(1, n // 24))) | ({best_k} if best_k is not None else set()))
     tiles: int | str  # a tile count, then the tile suffix of the best cut's name
     for tiles in (2, 4, 8):
@@ -223,10 +236,10 @@ def plan_lopinfer(graph: Graph, cost: CostModel, objective: Objective,
             consider(cut_plan(graph, k, tiles, min_rows=2))
     # refine the best tiled cut around its position
     top = min(pool, key=key)
-    if top.plan.kind == "cut":
-        k0, tiles = top.plan.info["k"], top.plan.name.rsplit("/t", 1)[-1]
+    if top.plan.kind == "cut" and top.plan.cut is not None:
+        k0, t0 = top.plan.cut, top.plan.tiles or 4
         for k in range(max(0, k0 - n // 24), min(n, k0 + n // 24) + 1):
-            consider(cut_plan(graph, k, int(tiles) if tiles.isdigit() else 4, min_rows=2))
+            consider(cut_plan(graph, k, t0, min_rows=2))
     # intra-layer splits of the longest local segments, fraction on a continuous range
     segments = sorted(local_segments(graph), key=lambda s: s[0] - s[1])[:3]
     for start, stop in segments:
@@ -240,31 +253,46 @@ def plan_lopinfer(graph: Graph, cost: CostModel, objective: Objective,
                         return math.inf if s is None else key(s)[0] + key(s)[1] * 1e-9
                     _golden(f, 0.02, 0.98, steps=6)
     best = min(pool, key=key)
-    best.plan.info = {**best.plan.info, "planner": "lopinfer", "candidates": len(pool)}
+    # a baseline's plan may win: say who chose it on a copy, not on the baseline's
+    return Scored(replace(best.plan, planner="lopinfer", candidates=len(pool)),
+                  best.prediction, best.energy_j, best.bound_s)
+
+
+@planner("lopinfer-energy", searches=True, default=False)
+def plan_lopinfer_energy(graph: Graph, cost: CostModel, objective: Objective,
+                         baselines: Iterable[Scored] = ()) -> Scored:
+    """The least device energy among plans no slower than offloading everything."""
+    pool = list(baselines)
+    offload = next((s for s in pool if s.plan.kind == "offload"), None)
+    if offload is None:
+        offload = plan_offload(graph, cost, objective)
+        pool.append(offload)
+    goal = Objective("energy", offload.latency_s, objective.profile)
+    best = plan_lopinfer(graph, cost, goal, baselines=pool)
+    best.plan.planner = "lopinfer-energy"  # a copy already (plan_lopinfer made it)
     return best
 
 
-PLANNERS: dict[str, Callable[..., Scored]] = {
-    "local": plan_local,
-    "offload": plan_offload,
-    "neurosurgeon": plan_neurosurgeon,
-    "dads": plan_dads,
-}
-
-
 def plan_all(graph: Graph, cost: CostModel, objective: Objective | str = "latency",
-             methods: Iterable[str] = ("local", "offload", "neurosurgeon", "dads", "lopinfer")
-             ) -> dict[str, Scored]:
-    """Every planner's best plan and its prediction; ``lopinfer`` sees the others."""
+             methods: Iterable[str] | None = None) -> dict[str, Scored]:
+    """Every planner's best plan and its prediction (``methods``: the registry's
+    defaults); the searches see every baseline's result. A planner that cannot run here
+    (a missing extra, no valid plan) is left out."""
     obj = Objective.parse(objective)
+    infos = registered()
+    wanted = list(default_methods() if methods is None else methods)
+    unknown = [m for m in wanted if m not in infos]
+    if unknown:
+        raise PlanError(f"unknown planner(s) {unknown}; registered: {sorted(infos)}")
     out: dict[str, Scored] = {}
-    for name in methods:
-        if name == "lopinfer":
-            continue
-        try:
-            out[name] = PLANNERS[name](graph, cost, obj)
-        except PlanError:
-            continue
-    if "lopinfer" in methods:
-        out["lopinfer"] = plan_lopinfer(graph, cost, obj, baselines=list(out.values()))
+    for name in wanted:
+        if not infos[name].searches:
+            try:
+                out[name] = infos[name].fn(graph, cost, obj)
+            except PlanError:
+                continue
+    found = list(out.values())
+    for name in wanted:
+        if infos[name].searches:
+            out[name] = infos[name].fn(graph, cost, obj, baselines=found)
     return out
