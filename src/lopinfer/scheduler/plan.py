@@ -7,7 +7,7 @@ its only legal ranges are ``[]`` or ``[(0, 1)]``. Inputs live on the client; the
 
 Transfers are not stored: they follow from the ranges (rows a peer needs and does not
 compute cross from the other peer, halos included) and are derived by
-:func:`lopinfer.runtime.program.compile_plan`, which also validates the plan.
+:func:`lopinfer.scheduler.compile.compile_program`, which also validates the plan.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Plan:
     # -- validation -----------------------------------------------------------------------
     def check_shape(self, graph: Graph) -> None:
         """Structural checks against ``graph`` (rows in range, no peer computing a row
-        twice, globals whole). :func:`compile_plan` also checks every needed row exists."""
+        twice, globals whole). :func:`compile_program` also checks every needed row exists."""
         known = {n.name for n in graph}
         for name in self.nodes:
             if name not in known:
