@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checks import compare
+from .testing import compare
 
 __all__ = ["DemoCNN", "demo_model", "run_demo", "format_table"]
 
