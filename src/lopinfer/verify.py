@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from .testing import Check, compare
 from .errors import InputError, LopInferError
 from .log import logger
+from .testing import Check, compare
 
 __all__ = ["verify", "Runner", "tiled_runners", "report_json"]
 
