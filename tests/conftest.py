@@ -1,11 +1,10 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/nets.py, shared by every folder
+# tests/ is on sys.path through pytest's own `pythonpath` (pyproject.toml), so every folder
+# imports nets.py and helpers.py
 
 torch.set_num_threads(int(os.environ.get("LOPINFER_TEST_THREADS", "1")))
 

@@ -1,23 +1,23 @@
-"""``lopinfer demo``: the main job on the embedded default.
+"""The demo behind ``lopinfer demo``: the main job on the embedded default.
 
-Starts a loopback server (a child process on 127.0.0.1), deploys a built-in model
-(torchvision's vgg19_bn with random weights when torchvision is installed, else a
-VGG-style CNN), runs it under every plan kind and prints, per plan: median latency,
-bytes sent each way, the overlap share and whether the result is exact.
+:func:`run_demo` starts a loopback server (a child process on 127.0.0.1), deploys a
+built-in model (torchvision's vgg19_bn with random weights when torchvision is installed,
+else a VGG-style CNN), runs it under every plan kind and returns, per plan: median
+latency, bytes sent each way, the overlap share and whether the result is exact.
+:func:`format_table` renders that as text; the command (:mod:`lopinfer.cli.demo`) prints it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checks import compare
+from .testing import compare
 
-__all__ = ["DemoCNN", "demo_model", "run_demo", "format_table"]
+__all__ = ["DemoCNN", "demo_model", "demo_plans", "fastest_exact", "format_table", "run_demo"]
 
 
 class DemoCNN(nn.Module):
@@ -120,6 +120,7 @@ def fastest_exact(rows: list[dict[str, Any]]) -> str | None:
 
 
 def format_table(result: dict[str, Any]) -> str:
+    """The result of :func:`run_demo` as a text table, the fastest exact plan starred."""
     head = f"  {'plan':<34} {'latency ms':>10} {'up KB':>9} {'down KB':>8} {'overlap':>8}  exact"
     lines = [f"model {result['model']} input {result['input']} over {result['transport']} loopback",
              head, "-" * len(head)]
@@ -141,10 +142,3 @@ def format_table(result: dict[str, Any]) -> str:
                  "busy time hidden under the other's")
     return "\n".join(lines)
 
-
-def main(transport: str = "tcp", repeats: int = 3, as_json: bool = False) -> int:
-    import json
-
-    result = asyncio.run(run_demo(transport=transport, repeats=repeats))
-    print(json.dumps(result, indent=2) if as_json else format_table(result))
-    return 0 if all(r["exact"] for r in result["rows"]) else 1

@@ -3,7 +3,7 @@
 :func:`verify` is what ``lopinfer verify`` runs. Each check is one way of running the
 captured graph (today ``tiled:T``, the row-streaming executor with T tiles per local
 node; later issues add ``plan:<kind>`` checks in loopback) compared with the unsplit
-model by :func:`lopinfer.checks.compare` (DESIGN.md invariant 1).
+model by :func:`lopinfer.testing.compare` (DESIGN.md invariant 1).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from .checks import Check, compare
 from .errors import InputError, LopInferError
 from .log import logger
+from .testing import Check, compare
 
 __all__ = ["verify", "Runner", "tiled_runners", "report_json"]
 

@@ -14,7 +14,7 @@ import pytest
 from lopinfer.bench.runner import scenarios
 from lopinfer.runtime.chrome_trace import save_trace
 
-MODEL = str(Path(__file__).resolve().parents[1] / "_cli_models.py") + ":make_cnn"
+MODEL = str(Path(__file__).resolve().parents[1] / "cli" / "_cli_models.py") + ":make_cnn"
 
 
 def test_bench_runs_every_method_and_writes_the_report(tmp_path):
