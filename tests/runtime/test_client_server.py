@@ -274,9 +274,9 @@ def test_cuda_server_is_exact():
 def test_large_weights_travel_in_chunks(monkeypatch):
     """Weights over a control message's limit go as tensor frames before Deploy; a
     server's max_model_size bounds them."""
-    import lopinfer.runtime.client as client_mod
+    import lopinfer.runtime.deploy as deploy_mod
 
-    monkeypatch.setattr(client_mod, "WEIGHTS_CHUNK", 16 << 10)  # several chunks
+    monkeypatch.setattr(deploy_mod, "WEIGHTS_CHUNK", 16 << 10)  # several chunks
     model, x = REFERENCE_NETS["resnet"]()
     graph = lopinfer.capture(model, (x,))
 

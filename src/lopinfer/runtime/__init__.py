@@ -5,7 +5,7 @@ from .executor import TiledExecutor, check_inputs, pack_outputs, partition, run_
 from .facade import LOPInfer
 from .loopback import loopback
 from .program import Program, Task, compile_plan
-from .protocol import Report
+from .report import Report
 from .server import Server
 
 __all__ = ["TiledExecutor", "Task", "Program", "compile_plan", "partition", "run_tiled",
