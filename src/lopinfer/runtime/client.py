@@ -26,32 +26,25 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ..errors import (
-    AuthError,
     ConnectError,
     DeployError,
     LopInferError,
     PlanError,
     ProtocolError,
-    ProtocolVersionError,
     TransportError,
     remote_error,
 )
-from ..graph import Graph, capture
 from ..log import logger
-from ..scheduler.builders import offload_plan
 from ..scheduler.cost import PeerCosts
 from ..scheduler.energy import DeviceProfile, Objective
 from ..scheduler.link import ReceiptLog
 from ..scheduler.plan import Plan
 from ..transports import Bye, Connection, Error, Frame, Message
 from ..transports import connect as transport_connect
-from .diagnose import check_url, explain_connect_error, hello_failed
+from .diagnose import check_url, explain_connect_error, hello_failed, hello_refused
 from .peer import DeviceWorker
 from .policy import objective_from
-from .program import compile_plan
 from .protocol import Done, FellBack, Hello, InferFailed, Welcome, Working
 from .session import Session
 from .staleness import ModelWatch
@@ -147,7 +140,7 @@ class Client:
             raise
         if isinstance(reply, Error):
             await conn.aclose()
-            raise _refused(self.url, reply) from None
+            raise hello_refused(self.url, reply.code, reply.message) from None
         if not isinstance(reply, Welcome):
             conn.abort()
             raise ProtocolError(f"expected welcome, got {type(reply).__name__}")
@@ -358,17 +351,9 @@ class Client:
         if plan is None and planner not in PLANNERS and planner != "lopinfer":
             raise PlanError(f"unknown planner {planner!r}; use one of "
                             f"{sorted([*PLANNERS, 'lopinfer'])}")
-        if watch is None and isinstance(model, torch.nn.Module):
-            module = model
-            watch = ModelWatch(module, lambda xs: capture(module, xs))
-        graph = model if isinstance(model, Graph) else await asyncio.to_thread(
-            capture, model, example_inputs)
-        session = Session(self, graph, objective=obj, planner=None if plan is not None else planner,
-                          adapt=adapt and plan is None)
-        session.watch = watch
-        session.strict = self.strict if strict is None else strict
-        session.default_plan = plan if plan is not None else offload_plan(graph, 4, min_rows=2)
-        compile_plan(graph, session.default_plan)  # invalid plans fail here, named
+        session = await Session.new(self, model, example_inputs, objective=obj,
+                                    planner=planner, plan=plan, adapt=adapt,
+                                    strict=self.strict if strict is None else strict, watch=watch)
         if await self.ensure_connected():
             try:
                 await session.upload(use=plan is not None)
@@ -423,15 +408,3 @@ class Client:
         return (f"<Client {self.url} connected={self.connected} sessions={len(self.sessions)} "
                 f"in_flight={len(self._runs)} replies={self._replies.qsize()}/{MAX_REPLIES}>")
 
-
-def _refused(url: str, reply: Error) -> LopInferError:
-    """The error for a server that refused the hello, with what to do about it."""
-    exc = remote_error(reply.code, reply.message)
-    if isinstance(exc, AuthError):
-        return AuthError(f"server {url} refused the token ({reply.message}): check token= "
-                         "against the server's --token-file")
-    if isinstance(exc, ProtocolVersionError):
-        return ProtocolVersionError(f"server {url} speaks another protocol version "
-                                    f"({reply.message}): install the same lopinfer version on "
-                                    "the client and the server")
-    return type(exc)(f"server {url} refused the session: {reply.code}: {reply.message}")

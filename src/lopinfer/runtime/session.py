@@ -23,7 +23,7 @@ from ..errors import (
     RemoteError,
     TransportError,
 )
-from ..graph import Graph
+from ..graph import Graph, capture
 from ..log import logger
 from ..scheduler.builders import local_plan, offload_plan
 from ..scheduler.cost import CostModel, PeerCosts
@@ -83,6 +83,29 @@ class Session:
         self.strict = False
         self.refused = ""
         self.redeploys = 0
+
+    @classmethod
+    async def new(cls, client: Client, model: Any, example_inputs: Any, *,
+                  objective: Objective, planner: str, plan: Plan | None, adapt: bool,
+                  strict: bool, watch: ModelWatch | None) -> Session:
+        """A session for ``model`` (captured here unless a Graph), not yet uploaded: with
+        ``plan`` it runs that plan, else ``planner``'s (see :meth:`Client.deploy`).
+
+        Raises:
+            CaptureError, UnsupportedModelError: the model cannot be captured.
+            PlanError: ``plan`` is invalid for the model.
+        """
+        if watch is None and isinstance(model, torch.nn.Module):
+            module = model
+            watch = ModelWatch(module, lambda xs: capture(module, xs))
+        graph = model if isinstance(model, Graph) else await asyncio.to_thread(
+            capture, model, example_inputs)
+        session = cls(client, graph, objective=objective,
+                      planner=None if plan is not None else planner, adapt=adapt and plan is None)
+        session.watch, session.strict = watch, strict
+        session.default_plan = plan if plan is not None else offload_plan(graph, 4, min_rows=2)
+        compile_plan(graph, session.default_plan)  # invalid plans fail here, named
+        return session
 
     # -- the policy's state, as the session showed it before it had parts ----------------
     @property
