@@ -21,7 +21,23 @@ from lopinfer.scheduler import cut_plan, local_plan, local_segments, offload_pla
 from nets import REFERENCE_NETS
 
 HAVE_AIOHTTP = importlib.util.find_spec("aiohttp") is not None
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 MODELS = ["vgg", "resnet", "unet", "densenet"]
+
+
+def _pair(scheme, loop):
+    marks = []
+    if scheme == "ws" and not HAVE_AIOHTTP:
+        marks.append(pytest.mark.skip(reason="ws:// needs aiohttp (extra 'ws')"))
+    if loop == "uvloop" and not HAVE_UVLOOP:
+        marks.append(pytest.mark.skip(reason="uvloop not installed (extra 'uvloop')"))
+    return pytest.param(scheme, loop, marks=marks, id=f"{scheme}-{loop}")
+
+
+# every transport on asyncio, and uvloop on tcp and mem (a socket stream, and none)
+# (tcp, mem): the whole cross product costs CI ~2.5 min more for little more coverage
+PAIRS = [_pair(s, "asyncio") for s in ("tcp", "ws", "shm", "mem")]
+PAIRS += [_pair(s, "uvloop") for s in ("tcp", "mem")]
 MORE_MODELS = ["mobilenet_v3", "convnext", "conv3d"]
 
 
@@ -53,8 +69,9 @@ async def every_plan_kind(url, name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(("scheme", "loop_kind"), PAIRS)
 def test_every_plan_kind_over_each_transport(listen_url, arun, name):
-    """Every transport x every event loop (the shared fixtures)."""
+    """Over the shared transport and event-loop fixtures (see PAIRS)."""
     arun(every_plan_kind, listen_url, name, timeout=240)
 
 

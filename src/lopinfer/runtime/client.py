@@ -191,9 +191,10 @@ class Client:
             self._lost(self.conn)
 
     def _lost(self, conn: Connection) -> None:
-        if self.conn is conn:
-            self.conn = None
-            conn.abort()
+        if self.conn is not conn:  # dropped already (its reader ending late): a newer
+            return  # connection's runs and replies are none of its business
+        self.conn = None
+        conn.abort()
         for flight in list(self._runs.values()):
             flight.link_lost("the connection to the server was lost")
         while not self._replies.empty():  # unanswered replies are moot now; room for
