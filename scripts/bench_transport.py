@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from lopinfer import transports as T
+from lopinfer.runtime import protocol as P  # the application's messages
 
 SIZES = {"16KB": 16 << 10, "256KB": 256 << 10, "4MB": 4 << 20}
 ECHO = 1
@@ -124,8 +125,8 @@ async def _serve(conn: T.Connection) -> None:
         if isinstance(item, T.Frame):
             if item.flags == ECHO:
                 await conn.send_tensor(item)
-        elif isinstance(item, T.Hello):
-            await conn.send_message(T.Welcome(session_id=0))
+        elif isinstance(item, P.Hello):
+            await conn.send_message(P.Welcome(session_id=0))
 
 
 def _server_main(url: str, loop: str, q: Any) -> None:
@@ -143,12 +144,12 @@ async def bench_ours(url: str, size: int, n: int, pings: int) -> tuple[float, fl
         f = T.Frame(tensor=x)
         for _ in range(_warmup_frames(size)):  # warm up: allocator, socket buffers
             await conn.send_tensor(f)
-        await conn.send_message(T.Hello())
+        await conn.send_message(P.Hello())
         await conn.recv()
         t0 = time.perf_counter()
         for _ in range(n):
             await conn.send_tensor(f)
-        await conn.send_message(T.Hello())
+        await conn.send_message(P.Hello())
         await conn.recv()
         thr = n * size / (time.perf_counter() - t0)
         echo = T.Frame(tensor=x, flags=ECHO)

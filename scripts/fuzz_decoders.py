@@ -20,10 +20,9 @@ import torch
 
 with atheris.instrument_imports(include=["lopinfer"]):
     from lopinfer.errors import ProtocolError
+    from lopinfer.runtime.protocol import Deploy, Hello
     from lopinfer.transports import (
-        Deploy,
         Frame,
-        Hello,
         Limits,
         decode_frame,
         decode_message,

@@ -74,7 +74,7 @@ class RawPeer:
             return True
 
     async def hello(self, token: str = "") -> Any:
-        from lopinfer.transports import Hello
+        from lopinfer.runtime.protocol import Hello
 
         await self.send(Hello(token=token, client_name="adversary"))
         return await self.recv()

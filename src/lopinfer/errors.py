@@ -23,8 +23,15 @@ __all__ = [
     "DeployError",
     "AuthError",
     "RemoteError",
+    "UnknownDeploymentError",
+    "ProfileError",
+    "BusyError",
+    "IdleError",
     "ModelChangedError",
     "MissingDependencyError",
+    "REMOTE_CODES",
+    "error_code",
+    "remote_error",
 ]
 
 
@@ -92,6 +99,22 @@ class RemoteError(LopInferError):
     """The peer reported an error while serving a request."""
 
 
+class UnknownDeploymentError(RemoteError):
+    """The server has no deployment under that content hash (the client uploads it)."""
+
+
+class ProfileError(RemoteError):
+    """The server could not profile the deployed model on its device."""
+
+
+class BusyError(RemoteError):
+    """The server is not accepting sessions (full, or shutting down)."""
+
+
+class IdleError(RemoteError):
+    """The server ended a session that sent nothing for its ``idle_timeout``."""
+
+
 class ModelChangedError(LopInferError):
     """The model's weights changed after deploy and the session is ``strict``."""
 
@@ -107,3 +130,41 @@ class MissingDependencyError(LopInferError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+#: The one table between the ``code`` of an ``Error`` message and the exception tree,
+#: used both ways: a peer sends the code of the exception it caught, the other raises
+#: the class of the code it received. Codes are wire values: never rename one.
+REMOTE_CODES: dict[str, type[LopInferError]] = {
+    "auth": AuthError,
+    "version": ProtocolVersionError,
+    "protocol_error": ProtocolError,
+    "deploy": DeployError,
+    "unknown_deployment": UnknownDeploymentError,
+    "plan": PlanError,
+    "profile": ProfileError,
+    "busy": BusyError,
+    "idle": IdleError,
+    "remote": RemoteError,
+}
+_CODES = {cls: code for code, cls in REMOTE_CODES.items()}
+
+
+def error_code(exc: BaseException | type[BaseException]) -> str:
+    """The wire code of an exception (or class): its nearest class in the table, else
+    ``"remote"`` (a subclass sends its parent's code; anything else is a RemoteError)."""
+    cls = exc if isinstance(exc, type) else type(exc)
+    for base in cls.__mro__:
+        code = _CODES.get(base)
+        if code is not None:
+            return code
+    return "remote"
+
+
+def remote_error(code: str, message: str) -> LopInferError:
+    """The exception a peer's ``Error(code, message)`` stands for (an unknown code, e.g.
+    from a newer peer, is a :class:`RemoteError` that names it)."""
+    cls = REMOTE_CODES.get(code)
+    if cls is None:
+        return RemoteError(f"{code}: {message}")
+    return cls(message)

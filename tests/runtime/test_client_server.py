@@ -21,13 +21,24 @@ from lopinfer.scheduler import cut_plan, local_plan, local_segments, offload_pla
 from nets import REFERENCE_NETS
 
 HAVE_AIOHTTP = importlib.util.find_spec("aiohttp") is not None
-TRANSPORTS = ["mem://lop-test", "tcp://127.0.0.1:0", "ws://127.0.0.1:0/lopinfer", "shm://lop-test"]
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+MODELS = ["vgg", "resnet", "unet", "densenet"]
 
 
-def _case(url: str, name: str):
-    marks = [pytest.mark.skipif(not HAVE_AIOHTTP, reason="ws needs aiohttp (extra 'ws')")] \
-        if url.startswith("ws") else []
-    return pytest.param(url, name, marks=marks, id=f"{url.split(':')[0]}-{name}")
+def _pair(scheme, loop):
+    marks = []
+    if scheme == "ws" and not HAVE_AIOHTTP:
+        marks.append(pytest.mark.skip(reason="ws:// needs aiohttp (extra 'ws')"))
+    if loop == "uvloop" and not HAVE_UVLOOP:
+        marks.append(pytest.mark.skip(reason="uvloop not installed (extra 'uvloop')"))
+    return pytest.param(scheme, loop, marks=marks, id=f"{scheme}-{loop}")
+
+
+# every transport on asyncio, and uvloop on tcp and mem (a socket stream, and none)
+# (tcp, mem): the whole cross product costs CI ~2.5 min more for little more coverage
+PAIRS = [_pair(s, "asyncio") for s in ("tcp", "ws", "shm", "mem")]
+PAIRS += [_pair(s, "uvloop") for s in ("tcp", "mem")]
+MORE_MODELS = ["mobilenet_v3", "convnext", "conv3d"]
 
 
 def plans_for(graph):
@@ -38,33 +49,37 @@ def plans_for(graph):
             local_plan(graph, 2)]
 
 
-CASES = [_case(url, name) for url in TRANSPORTS for name in ("vgg", "resnet", "unet", "densenet")]
-CASES += [_case(url, name) for url in TRANSPORTS[:2]
-          for name in ("mobilenet_v3", "convnext", "conv3d")]
-
-
-@pytest.mark.parametrize(("url", "name"), CASES)
-def test_every_plan_kind_over_each_transport(url, name):
+async def every_plan_kind(url, name):
     model, x = REFERENCE_NETS[name]()
     ref = reference(model, x)
+    async with Server() as server:
+        (bound,) = await server.start(url)
+        async with connect(bound, timeout=30) as client:
+            session = await client.deploy(model, (x,))
+            for plan in plans_for(session.graph):
+                await session.use_plan(plan)
+                out = await session.infer(x)
+                assert_exact(out, ref)
+                report = session.last_report
+                assert not report.fell_back, report.reason
+                assert report.plan == plan.name
+                if plan.uses_server():
+                    assert report.bytes_up > 0 and report.frames_up > 0
+                    assert any(e["peer"] == "server" for e in report.timeline)
 
-    async def main():
-        async with Server() as server:
-            (bound,) = await server.start(url)
-            async with connect(bound, timeout=30) as client:
-                session = await client.deploy(model, (x,))
-                for plan in plans_for(session.graph):
-                    await session.use_plan(plan)
-                    out = await session.infer(x)
-                    assert_exact(out, ref)
-                    report = session.last_report
-                    assert not report.fell_back, report.reason
-                    assert report.plan == plan.name
-                    if plan.uses_server():
-                        assert report.bytes_up > 0 and report.frames_up > 0
-                        assert any(e["peer"] == "server" for e in report.timeline)
 
-    asyncio.run(main())
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(("scheme", "loop_kind"), PAIRS)
+def test_every_plan_kind_over_each_transport(listen_url, arun, name):
+    """Over the shared transport and event-loop fixtures (see PAIRS)."""
+    arun(every_plan_kind, listen_url, name, timeout=240)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio"])
+@pytest.mark.parametrize("scheme", ["mem", "tcp"])
+@pytest.mark.parametrize("name", MORE_MODELS)
+def test_more_models_over_two_transports(listen_url, arun, name):
+    arun(every_plan_kind, listen_url, name, timeout=240)
 
 
 def test_predeployed_models_folder(tmp_path):
@@ -86,12 +101,13 @@ def test_predeployed_models_folder(tmp_path):
     asyncio.run(main())
 
 
-def test_second_client_uploads_nothing():
+@pytest.mark.parametrize("scheme", ["tcp"])
+def test_second_client_uploads_nothing(listen_url, arun):
     model, x = REFERENCE_NETS["resnet"]()
 
     async def main():
         async with Server() as server:
-            (url,) = await server.start("tcp://127.0.0.1:0")
+            (url,) = await server.start(listen_url)
             for _ in range(2):
                 async with connect(url) as client:
                     session = await client.deploy(model, (x,))
@@ -99,7 +115,7 @@ def test_second_client_uploads_nothing():
             assert server.stats.deploys == 2 and server.stats.deploys_cached == 1
             assert len(server.deployments) == 1
 
-    asyncio.run(main())
+    arun(main, timeout=120)
 
 
 def test_three_line_facade():
@@ -164,10 +180,10 @@ def test_server_killed_mid_inference_finishes_locally():
     asyncio.run(main())
 
 
-def test_wrong_token_is_refused_clearly():
+def test_wrong_token_is_refused_clearly(listen_url, arun):
     async def main():
         async with Server(token="s3cret") as server:
-            (url,) = await server.start("tcp://127.0.0.1:0")
+            (url,) = await server.start(listen_url)
             with pytest.raises(AuthError, match="refused the token"):
                 await connect(url, token="wrong").open()
             ok = connect(url, token="s3cret")
@@ -175,7 +191,7 @@ def test_wrong_token_is_refused_clearly():
             assert ok.connected
             await ok.aclose()
 
-    asyncio.run(main())
+    arun(main, timeout=60)
 
 
 def test_unreachable_server_runs_locally_and_warns_once():
@@ -274,9 +290,9 @@ def test_cuda_server_is_exact():
 def test_large_weights_travel_in_chunks(monkeypatch):
     """Weights over a control message's limit go as tensor frames before Deploy; a
     server's max_model_size bounds them."""
-    import lopinfer.runtime.client as client_mod
+    import lopinfer.runtime.deploy as deploy_mod
 
-    monkeypatch.setattr(client_mod, "WEIGHTS_CHUNK", 16 << 10)  # several chunks
+    monkeypatch.setattr(deploy_mod, "WEIGHTS_CHUNK", 16 << 10)  # several chunks
     model, x = REFERENCE_NETS["resnet"]()
     graph = lopinfer.capture(model, (x,))
 

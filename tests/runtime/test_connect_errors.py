@@ -25,7 +25,7 @@ from lopinfer.errors import (
 )
 from lopinfer.runtime import LOPInfer, Server, connect
 from lopinfer.runtime.diagnose import explain_connect_error, server_url
-from lopinfer.transports import PROTOCOL_VERSION
+from lopinfer.runtime.protocol import PROTOCOL_VERSION
 
 
 def tiny() -> tuple[nn.Module, torch.Tensor]:

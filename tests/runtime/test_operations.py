@@ -19,7 +19,7 @@ import lopinfer
 from lopinfer.runtime import Server, connect
 from lopinfer.runtime.http import HttpEndpoint, parse_hostport
 from lopinfer.runtime.logs import JsonFormatter
-from lopinfer.runtime.protocol import Report
+from lopinfer.runtime.report import Report
 from lopinfer.scheduler import offload_plan
 
 

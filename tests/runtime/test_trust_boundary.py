@@ -24,9 +24,9 @@ from lopinfer.errors import DeployError, ModelChangedError
 from lopinfer.graph.serialize import pack
 from lopinfer.runtime import Server, connect
 from lopinfer.runtime.limits import ServerLimits, peak_activation_bytes
-from lopinfer.runtime.protocol import Infer, PlanReady, UsePlan
+from lopinfer.runtime.protocol import Deploy, Deployed, Infer, PlanReady, UsePlan, Welcome
 from lopinfer.scheduler import offload_plan
-from lopinfer.transports import Deploy, Deployed, Error, Frame, Welcome
+from lopinfer.transports import Error, Frame
 from nets import REFERENCE_NETS
 
 TCP = "tcp://127.0.0.1:0"
@@ -307,7 +307,7 @@ def test_before_hello_only_small_control_frames_are_accepted():
                 reply = await evil.recv()
                 assert isinstance(reply, Error) and "before the hello" in reply.message
             async with RawPeer(url) as evil:  # a big control message before hello
-                from lopinfer.transports import Hello
+                from lopinfer.runtime.protocol import Hello
 
                 await evil.send(Hello(token="x" * (100 << 10)))
                 reply = await evil.recv()

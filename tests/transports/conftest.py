@@ -1,94 +1,13 @@
-"""Fixtures for the transport tests: one parametrised over schemes, one over event loops.
-
-Extras that are not installed (aiohttp for ws://, uvloop) skip their parameters with a
-reason, so the suite also runs in the ``minimal`` tox env.
-"""
+"""The transport tests: the shared ``scheme``/``loop_kind``/``arun`` fixtures live in
+``tests/conftest.py``; here, every test also checks it leaks no shared memory."""
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import os
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from lopinfer import transports as T
-
-
-def _installed(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
-
-
-HAVE = {m: _installed(m) for m in ("aiohttp", "uvloop", "lz4", "websockets")}
-
-SCHEMES = ["tcp", "ws", "shm", "mem"]
-LISTEN_URL = {
-    "tcp": "tcp://127.0.0.1:0",
-    "ws": "ws://127.0.0.1:0/lopinfer",
-    "shm": "shm://",
-    "mem": "mem://",
-}
-
-
-def _scheme_param(s: str) -> Any:
-    if s == "ws" and not HAVE["aiohttp"]:
-        return pytest.param(s, marks=pytest.mark.skip(reason="ws:// needs aiohttp (extra 'ws')"))
-    return pytest.param(s)
-
-
-def _loop_param(kind: str) -> Any:
-    if kind == "uvloop" and not HAVE["uvloop"]:
-        return pytest.param(kind, marks=pytest.mark.skip(reason="uvloop not installed (extra 'uvloop')"))
-    return pytest.param(kind)
-
-
-@pytest.fixture(params=[_scheme_param(s) for s in SCHEMES])
-def scheme(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture(params=[_loop_param(k) for k in ("asyncio", "uvloop")])
-def loop_kind(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def listen_url(scheme: str) -> str:
-    return LISTEN_URL[scheme]
-
-
-Runner = Callable[..., Any]
-
-
-@pytest.fixture
-def arun(loop_kind: str) -> Runner:
-    """``arun(coro_fn, *args, timeout=20)``: run it on a fresh loop of the kind under test."""
-
-    def runner(fn: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 20.0) -> Any:
-        async def bounded() -> Any:
-            return await asyncio.wait_for(fn(*args), timeout)
-
-        return T.run(bounded(), loop=loop_kind)
-
-    return runner
-
-
-def _our_segments() -> set[str]:
-    try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith(f"lopinfer_{os.getpid()}_")}
-    except FileNotFoundError:  # pragma: no cover - not Linux
-        return set()
-
 
 @pytest.fixture(autouse=True)
-def _no_leaked_segments() -> Any:
-    before = _our_segments()
+def _no_leaked_segments(no_leaked_segments: Any) -> Any:
     yield
-    leaked = _our_segments() - before
-    assert not leaked, f"shared-memory segments left behind: {sorted(leaked)}"

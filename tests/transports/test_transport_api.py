@@ -21,12 +21,11 @@ from lopinfer.errors import (
     MissingDependencyError,
     ProtocolError,
 )
+from lopinfer.runtime.protocol import PROTOCOL_VERSION, Deploy, Hello  # the application's messages
 from lopinfer.transports import (
-    PROTOCOL_VERSION,
     AdaptiveCompressor,
     Bye,
     Connection,
-    Hello,
     Message,
     connect,
     decode_message,
@@ -207,7 +206,7 @@ def test_messages_ignore_unknown_fields_and_check_types() -> None:
 
 
 def test_deploy_carries_weights_bytes() -> None:
-    msg = T.Deploy(graph_json="{}", content_hash="abc", weights=bytes(range(256)) * 10)
+    msg = Deploy(graph_json="{}", content_hash="abc", weights=bytes(range(256)) * 10)
     assert decode_message(encode_message(msg)) == msg
 
 

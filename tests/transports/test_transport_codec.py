@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from transport_helpers import make, same
 
 from lopinfer.errors import InputError, ProtocolError
+from lopinfer.runtime.protocol import Hello  # the application's messages
 from lopinfer.transports import (
     SUPPORTED_DTYPES,
     Bye,
     Error,
     Frame,
-    Hello,
     Limits,
     decode_frame,
     encode_frame,

@@ -15,6 +15,7 @@ from lopinfer.errors import (
     ProtocolError,
     TransportTimeoutError,
 )
+from lopinfer.runtime.protocol import Hello, Welcome  # the application's messages
 from lopinfer.transports import (
     HAVE_LZ4,
     SUPPORTED_DTYPES,
@@ -22,9 +23,7 @@ from lopinfer.transports import (
     Connection,
     Error,
     Frame,
-    Hello,
     TransferRecord,
-    Welcome,
     connect,
     listen,
 )

@@ -10,11 +10,10 @@ import msgspec
 import pytest
 
 from lopinfer.errors import ProtocolError
+from lopinfer.runtime.protocol import Hello, Welcome  # the application's messages
 from lopinfer.transports import (
     Connection,
     Error,
-    Hello,
-    Welcome,
     decode_frame,
     encode_frame,
     listen,

@@ -5,7 +5,7 @@ from .executor import TiledExecutor, check_inputs, pack_outputs, partition, run_
 from .facade import LOPInfer
 from .loopback import loopback
 from .program import Bound, Program, Task, bind, compile_plan
-from .protocol import Report
+from .report import Report
 from .server import Server
 
 __all__ = ["TiledExecutor", "Task", "Program", "Bound", "bind", "compile_plan", "partition", "run_tiled",

@@ -14,9 +14,17 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ConnectError, InputError
+from ..errors import (
+    AuthError,
+    ConnectError,
+    InputError,
+    LopInferError,
+    ProtocolVersionError,
+    remote_error,
+)
 
-__all__ = ["server_url", "check_url", "explain_connect_error", "hello_failed", "DEFAULT_PORT"]
+__all__ = ["server_url", "check_url", "explain_connect_error", "hello_failed", "hello_refused",
+           "DEFAULT_PORT"]
 
 DEFAULT_PORT = 7700
 _HOST = re.compile(r"^[A-Za-z0-9._%-]+$|^\[[0-9A-Fa-f:.%A-Za-z]+\]$")
@@ -192,3 +200,17 @@ def hello_failed(url: str, exc: BaseException, timeout: float) -> ConnectError:
                        f"LOPInfer server, listening for {urlsplit(url).scheme}:// on that port?")
     err.reason = "no_hello"
     return err
+
+
+def hello_refused(url: str, code: str, message: str) -> LopInferError:
+    """The error for a server that answered the hello with ``Error(code, message)``:
+    the class the code names, with what to do about it."""
+    exc = remote_error(code, message)
+    if isinstance(exc, AuthError):
+        return AuthError(f"server {url} refused the token ({message}): check token= "
+                         "against the server's --token-file")
+    if isinstance(exc, ProtocolVersionError):
+        return ProtocolVersionError(f"server {url} speaks another protocol version "
+                                    f"({message}): install the same lopinfer version on "
+                                    "the client and the server")
+    return type(exc)(f"server {url} refused the session: {code}: {message}")

@@ -61,7 +61,7 @@ async def server_costs(client: Client, *, tiles: tuple[int, ...] = (1, 4),
     """The deployed graph's per-node costs measured on the server's device."""
     from .profiler import costs_from_json
 
-    reply = await client._request(ProfileRequest(tiles=list(tiles), repeats=repeats), Profiled)
+    reply = await client.request(ProfileRequest(tiles=list(tiles), repeats=repeats), Profiled)
     costs = costs_from_json(reply.costs_json)
     costs.name = costs.name or f"server:{reply.device}"
     return costs
@@ -101,7 +101,7 @@ async def probe_link(client: Client, *, frames: int = 3, start_bytes: int = 32 <
         rtts = []
         for _ in range(3):
             t0 = time.perf_counter()
-            await client._request(ProbeRequest(up_frames=0, down_frames=0, down_bytes=0),
+            await client.request(ProbeRequest(up_frames=0, down_frames=0, down_bytes=0),
                                   ProbeResult)
             rtts.append(time.perf_counter() - t0)
         size = start_bytes
@@ -112,7 +112,7 @@ async def probe_link(client: Client, *, frames: int = 3, start_bytes: int = 32 <
             noise = torch.randint(0, 256, (size,), dtype=torch.uint8)  # LZ4 cannot shrink it
             for i in range(frames):
                 await conn.send_tensor(Frame(tensor=noise, kind=FRAME_PROBE, tensor_id=i))
-            reply = await client._request(
+            reply = await client.request(
                 ProbeRequest(up_frames=frames, down_frames=frames, down_bytes=size), ProbeResult)
             up_s = [(int(n), float(s)) for n, s in reply.up_samples]
             down_s = transfer_samples(records)

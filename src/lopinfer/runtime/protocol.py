@@ -1,4 +1,5 @@
-"""The session protocol's own control messages and the inference report.
+"""The session protocol: every application message, registered into the transports'
+message union here (the transports themselves know only ``Error`` and ``Bye``).
 
 Session flow (client -> server unless marked):
 ``Hello`` / ``Welcome`` (server) or ``Error(code="auth")``; ``Deploy`` with only the
@@ -7,20 +8,23 @@ have it (``Deployed(cached=...)`` or ``Error(code="unknown_deployment")``); ``Us
 / ``PlanReady``; then per inference ``Infer`` followed by tensor frames both ways
 (``tensor_id`` is the receiving task's id in the plan's compiled program, identical on
 both peers) and ``Done`` (server, with its compute spans) or ``InferFailed``.
+
+A refused request is an ``Error`` whose ``code`` names a class of the exception tree
+(``lopinfer.errors.REMOTE_CODES``, one table both ways).
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from ..transports import Message, register_message
 
-__all__ = ["Working", "FellBack", "UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "Report", "FRAME_TILE",
-           "FRAME_PROBE", "FRAME_WEIGHTS", "WEIGHTS_CHUNK", "ProfileRequest", "Profiled", "ProbeRequest", "ProbeResult"]
+__all__ = ["PROTOCOL_VERSION", "Hello", "Welcome", "Deploy", "Deployed", "Working", "FellBack",
+           "UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "FRAME_TILE", "FRAME_PROBE",
+           "FRAME_WEIGHTS", "WEIGHTS_CHUNK", "ProfileRequest", "Profiled", "ProbeRequest",
+           "ProbeResult"]
+
+PROTOCOL_VERSION = 2  # 2: verified deploys, Working keep-alives
 
 FRAME_TILE = 1  # Frame.kind of a row piece of an inference
 FRAME_PROBE = 2  # Frame.kind of a link probe (random bytes, measured and dropped)
@@ -28,6 +32,50 @@ FRAME_WEIGHTS = 3  # Frame.kind of a chunk of a deployment's safetensors blob
 WEIGHTS_CHUNK = 16 << 20  # weights larger than this travel as chunks, not in Deploy
 MAX_PROBE_BYTES = 4 << 20  # per frame, so a client cannot make the server send gigabytes
 MAX_PROBE_FRAMES = 16
+
+
+@register_message
+class Hello(Message, tag="hello"):
+    """Client -> server, first message: who is calling and with which token."""
+
+    protocol_version: int = PROTOCOL_VERSION
+    token: str = ""
+    client_name: str = ""
+
+
+@register_message
+class Welcome(Message, tag="welcome"):
+    """Server -> client: the session was opened."""
+
+    session_id: int
+    server_name: str = ""
+    device: str = "cpu"
+
+
+@register_message
+class Deploy(Message, tag="deploy"):
+    """Client -> server: a graph (JSON over the op allow-list) and its weights.
+
+    Weights travel either inline as a safetensors blob in ``weights``, or, when larger
+    than a control message may be, as ``weights_chunks`` uint8 tensor frames of the
+    same blob (``weights_size`` bytes in all) sent just before this message.
+    """
+
+    graph_json: str
+    content_hash: str
+    weights: bytes = b""
+    weights_hash: str = ""
+    weights_chunks: int = 0
+    weights_size: int = 0
+
+
+@register_message
+class Deployed(Message, tag="deployed"):
+    """Server -> client: the deployment ``content_hash`` is ready (``cached``: was already)."""
+
+    content_hash: str
+    session_id: int = 0
+    cached: bool = False
 
 
 @register_message
@@ -126,101 +174,3 @@ class FellBack(Message, tag="fell_back"):
 
     inference_id: int
     reason: str = ""
-
-
-@dataclass
-class Report:
-    """What one inference did (``session.last_report``).
-
-    ``str(report)`` is one line (plan, latency, bytes each way, overlap, fell_back),
-    ``report.summary()`` a few, ``report.format_timeline()`` the spans; the repr
-    leaves the timeline out (it can hold thousands of entries).
-    """
-
-    latency_s: float
-    plan: str
-    fell_back: bool = False
-    reason: str = ""
-    bytes_up: int = 0
-    bytes_down: int = 0
-    frames_up: int = 0
-    frames_down: int = 0
-    client_busy_s: float = 0.0
-    server_busy_s: float = 0.0
-    timeline: list[dict[str, Any]] = field(default_factory=list, repr=False)
-    #: the simulator's latency for this plan at the current estimate, and the pipeline
-    #: lower bound of the same assignment (no per-tile overhead, arbitrarily fine tiles)
-    predicted_s: float | None = None
-    bound_s: float | None = None
-    #: why this plan ran (the planner, the bandwidth grid point, the estimate)
-    plan_reason: str = ""
-    #: link estimates after this inference (bytes/s), from measured transfers
-    bandwidth_up: float | None = None
-    bandwidth_down: float | None = None
-    #: modelled device energy (J): busy/idle compute power and radio time
-    energy_j: float = 0.0
-
-    @property
-    def overlap(self) -> float:
-        """Share of the shorter peer's busy time hidden under the other's (0..1)."""
-        seq = self.client_busy_s + self.server_busy_s
-        if seq <= 0 or min(self.client_busy_s, self.server_busy_s) <= 0:
-            return 0.0
-        hidden = max(0.0, seq - self.latency_s)
-        return min(1.0, hidden / min(self.client_busy_s, self.server_busy_s))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["overlap"] = self.overlap
-        return d
-
-    def save_trace(self, path: str | Path) -> Path:
-        """Write the timeline as a Chrome trace (viewable in Perfetto); see
-        :mod:`lopinfer.runtime.chrome_trace`."""
-        from .chrome_trace import save_trace
-
-        return save_trace(self.timeline, path, name=self.plan,
-                          meta={"latency_s": self.latency_s, "plan": self.plan,
-                                "fell_back": self.fell_back})
-
-    def __str__(self) -> str:
-        fell = f"fell_back=yes ({self.reason})" if self.fell_back else "fell_back=no"
-        return (f"{self.plan}: {self.latency_s * 1e3:.1f} ms, up {_kb(self.bytes_up)}, "
-                f"down {_kb(self.bytes_down)}, overlap {self.overlap:.0%}, {fell}")
-
-    def summary(self) -> str:
-        """A few lines: the one-line report, where the time went, the prediction and
-        the link estimates, why this plan."""
-        lines = [str(self)]
-        lines.append(f"  busy: client {self.client_busy_s * 1e3:.1f} ms, server "
-                     f"{self.server_busy_s * 1e3:.1f} ms; frames up {self.frames_up}, down "
-                     f"{self.frames_down}; {len(self.timeline)} timeline spans")
-        if self.predicted_s is not None:
-            bound = f", bound {self.bound_s * 1e3:.1f} ms" if self.bound_s is not None else ""
-            lines.append(f"  predicted {self.predicted_s * 1e3:.1f} ms{bound}")
-        if self.bandwidth_up or self.bandwidth_down:
-            lines.append(f"  link estimate: up {_rate(self.bandwidth_up)}, down "
-                         f"{_rate(self.bandwidth_down)}; device energy {self.energy_j:.3g} J")
-        if self.plan_reason:
-            lines.append(f"  why: {self.plan_reason}")
-        return "\n".join(lines)
-
-    def format_timeline(self, limit: int | None = None) -> str:
-        """The timeline, one span a line (peer, kind, task, start-end in ms), in start
-        order; ``limit`` keeps the first spans only."""
-        spans = sorted(self.timeline, key=lambda e: e.get("start", 0.0))
-        shown = spans if limit is None else spans[:limit]
-        lines = [f"{e.get('peer', '?'):<6} {e.get('kind', '?'):<8} task {e.get('task', '?'):>5}  "
-                 f"{e.get('start', 0.0) * 1e3:8.2f} - {e.get('end', 0.0) * 1e3:8.2f} ms"
-                 for e in shown]
-        if len(shown) < len(spans):
-            lines.append(f"... {len(spans) - len(shown)} more spans")
-        return "\n".join(lines)
-
-
-def _kb(n: int) -> str:
-    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
-
-
-def _rate(bps: float | None) -> str:
-    return "-" if not bps else f"{bps / 1e6:.3g} MB/s"

@@ -25,32 +25,29 @@ from typing import Any
 import torch
 
 from ..errors import (
+    AuthError,
+    BusyError,
     ConnectionClosedError,
     DeployError,
+    IdleError,
     LopInferError,
     PlanError,
+    ProfileError,
     ProtocolError,
+    ProtocolVersionError,
     TransportError,
     TransportTimeoutError,
+    UnknownDeploymentError,
+    error_code,
 )
 from ..graph import Graph
 from ..log import logger
 from ..scheduler.link import ReceiptLog
 from ..scheduler.plan import Plan
-from ..transports import (
-    PROTOCOL_VERSION,
-    Bye,
-    Connection,
-    Deploy,
-    Deployed,
-    Error,
-    Frame,
-    Hello,
-    Welcome,
-    listen,
-)
+from ..transports import Bye, Connection, Error, Frame, listen
 from .accounting import Accounts
 from .limits import ServerLimits, check_graph, graph_bytes
+from .outbox import Outbox
 from .peer import DeviceWorker, PeerRun
 from .program import Bound, Task, compile_plan
 from .protocol import (
@@ -59,9 +56,13 @@ from .protocol import (
     FRAME_WEIGHTS,
     MAX_PROBE_BYTES,
     MAX_PROBE_FRAMES,
+    PROTOCOL_VERSION,
     WORKING_INTERVAL,
+    Deploy,
+    Deployed,
     Done,
     FellBack,
+    Hello,
     Infer,
     InferFailed,
     PlanReady,
@@ -70,8 +71,11 @@ from .protocol import (
     Profiled,
     ProfileRequest,
     UsePlan,
+    Welcome,
     Working,
 )
+from .remote import tile_frame
+from .report import busy_s, spans_to_wire
 
 __all__ = ["Server", "ServerStats"]
 
@@ -195,7 +199,7 @@ class Server:
         except (TransportError, ProtocolError) as exc:
             why = str(exc)
             if isinstance(exc, ProtocolError) and not conn.closed:  # say why, then close
-                await session._refuse("protocol_error", why)
+                await session.refuse(exc)
         finally:
             self.acct.closed(sid, why)
             self.stats.sessions_open -= 1
@@ -266,7 +270,8 @@ class _Session:
         self.started: dict[int, float] = {}
         self.started_ns: dict[int, int] = {}
         self.loop = asyncio.get_running_loop()
-        self.outbox: asyncio.Queue = asyncio.Queue()
+        # pieces for the client, bounded in bytes: the compute thread waits for room
+        self.outbox = Outbox(self.loop)
         self.received = ReceiptLog()  # for the link samples reported back to the client
         conn.add_observer(self.received)
         self.weight_parts: list[torch.Tensor] = []  # chunks of the next Deploy's weights
@@ -299,19 +304,19 @@ class _Session:
         hello = await self.conn.recv(timeout=srv.hello_timeout)
         srv._unauthenticated.pop(self.id, None)
         if not isinstance(hello, Hello):
-            await self._refuse("protocol", "the first message must be hello")
+            await self.refuse(ProtocolError("the first message must be hello"))
             return
         if hello.protocol_version != PROTOCOL_VERSION:
-            await self._refuse("version", f"client protocol version {hello.protocol_version}, "
-                               f"server {PROTOCOL_VERSION}")
+            await self.refuse(ProtocolVersionError(
+                f"client protocol version {hello.protocol_version}, server {PROTOCOL_VERSION}"))
             return
         if srv.token is not None and not hmac.compare_digest(hello.token.encode(), srv.token.encode()):
             srv.acct.rejected_token(self.id, hello.client_name)
-            await self._refuse("auth", "invalid token")
+            await self.refuse(AuthError("invalid token"))
             return
         authenticated = srv.stats.sessions_open - len(srv._unauthenticated)
         if srv._closing or authenticated > srv.max_sessions:
-            await self._refuse("busy", "the server is not accepting sessions")
+            await self.refuse(BusyError("the server is not accepting sessions"))
             return
         self.conn.authenticated()  # tensor frames and full-size messages from now on
         srv.acct.hello(self.id, hello.client_name)
@@ -328,7 +333,7 @@ class _Session:
                         raise
                     if self.runs:
                         continue  # quiet while computing is not idle
-                    await self._refuse("idle", f"no message for {idle:g} s (idle_timeout)")
+                    await self.refuse(IdleError(f"no message for {idle:g} s (idle_timeout)"))
                     return
                 except ConnectionClosedError:
                     if self.conn.closed_cleanly:
@@ -343,13 +348,18 @@ class _Session:
         finally:
             sender.cancel()
 
-    async def _refuse(self, code: str, message: str) -> None:
-        log.info("session %x refused: %s", self.id, message)
+    async def refuse(self, exc: LopInferError) -> None:
+        """Tell the client why the session ends (the code of ``exc``'s class)."""
+        log.info("session %x refused: %s", self.id, exc)
         try:
-            await self.conn.send_message(Error(code=code, message=message))
+            await self._fail(exc)
             await self.conn.drain()
         except TransportError:
             pass
+
+    async def _fail(self, exc: LopInferError) -> None:
+        """Answer a request with the error ``exc`` (its code from the one table)."""
+        await self.conn.send_message(Error(code=error_code(exc), message=str(exc)))
 
     async def _on_message(self, msg: Any) -> None:
         srv = self.server
@@ -357,14 +367,13 @@ class _Session:
         if isinstance(msg, Deploy):
             await self._deploy(msg)
         elif isinstance(msg, UsePlan):
-            if self.graph is None:
-                await self.conn.send_message(Error(code="plan", message="no graph deployed"))
-                return
             try:
+                if self.graph is None:
+                    raise PlanError("no graph deployed")
                 async with self._working("compiling the plan"):
                     program = await self._compile(msg.plan_json)
             except PlanError as exc:
-                await self.conn.send_message(Error(code="plan", message=str(exc)))
+                await self._fail(exc)
                 return
             self.programs[msg.plan_id] = program
             srv.acct.plan(self.id, msg.plan_id, program.plan)
@@ -418,13 +427,13 @@ class _Session:
             async with self._working("deploying"):
                 graph, key, cached = await self._deployment(msg, parts)
         except DeployError as exc:
-            await self.conn.send_message(Error(code="deploy", message=str(exc)))
+            await self._fail(exc)
             return
         finally:
             del parts
             self.release_uploads()
         if graph is None:
-            await self.conn.send_message(Error(code="unknown_deployment", message=key))
+            await self._fail(UnknownDeploymentError(key))
             return
         srv.stats.deploys += 1
         srv.stats.deploys_cached += cached
@@ -481,7 +490,7 @@ class _Session:
         from .profiler import costs_to_json, profile
 
         if self.graph is None:
-            await self.conn.send_message(Error(code="profile", message="no graph deployed"))
+            await self._fail(ProfileError("no graph deployed"))
             return
         tiles = tuple(sorted({max(1, min(int(t), 64)) for t in msg.tiles}))[:4] or (1, 4)
         repeats = max(1, min(int(msg.repeats), 5))
@@ -493,7 +502,7 @@ class _Session:
             async with self._working("profiling"):
                 costs = await asyncio.wrap_future(fut)
         except Exception as exc:  # a graph this device cannot run: the client plans without
-            await self.conn.send_message(Error(code="profile", message=f"profiling failed: {exc}"))
+            await self._fail(ProfileError(f"profiling failed: {exc}"))
             return
         await self.conn.send_message(Profiled(
             costs_json=costs_to_json(costs), device=str(device), threads=torch.get_num_threads(),
@@ -538,12 +547,12 @@ class _Session:
 
     def _sender(self, iid: int) -> Any:
         def send(task: Task, piece: torch.Tensor) -> None:  # worker thread
-            self.loop.call_soon_threadsafe(self.outbox.put_nowait, (iid, task, piece))
+            self.outbox.put((iid, task, piece), piece.numel() * piece.element_size())
 
         return send
 
     def _finished(self, iid: int, run: PeerRun) -> None:
-        self.outbox.put_nowait((iid, None, run))
+        self.outbox.put((iid, None, run))  # on the loop: never waits
 
     async def _send_loop(self) -> None:
         srv = self.server
@@ -553,11 +562,7 @@ class _Session:
                 piece = item if item.device.type == "cpu" else item.to("cpu")
                 srv.stats.bytes_out += piece.numel() * piece.element_size()
                 srv.acct.moved(self.id, bytes_out=piece.numel() * piece.element_size())
-                await self.conn.send_tensor(Frame(
-                    tensor=piece, kind=FRAME_TILE, session_id=self.id, inference_id=iid,
-                    tensor_id=task.id, dim=-1 if task.dim is None else task.dim,
-                    row_start=task.a if task.dim is not None else 0,
-                    row_stop=task.b if task.dim is not None else 0))
+                await self.conn.send_tensor(tile_frame(task, piece, iid, self.id))
                 continue
             run: PeerRun = item
             self.runs.pop(iid, None)
@@ -572,11 +577,9 @@ class _Session:
             srv.stats.latencies.append(time.perf_counter() - t0)
             srv.acct.inference(self.id, srv.stats.latencies[-1])
             del srv.stats.latencies[:-1000]
-            spans = [[float(tid), s - t0, e - t0] for _, tid, s, e in run.spans]
             samples = self._samples_since(start_ns)
-            await self.conn.send_message(Done(inference_id=iid, spans=spans,
-                                              busy_s=sum(e - s for _, _, s, e in run.spans),
-                                              up_samples=samples))
+            await self.conn.send_message(Done(inference_id=iid, spans=spans_to_wire(run.spans, t0),
+                                              busy_s=busy_s(run.spans), up_samples=samples))
 
     def _count_upload(self, n: int, *, pending: bool = False) -> None:
         """Charge ``n`` uploaded bytes to this session (and, while held, to the server)."""
@@ -600,6 +603,7 @@ class _Session:
         self.weight_parts = []
 
     def cancel_runs(self) -> None:
+        self.outbox.close()  # wakes the compute thread if it waits for room
         for run in self.runs.values():
             run.cancel()
         self.runs.clear()

@@ -127,7 +127,13 @@ class LinkEstimator:
 
     @property
     def bandwidth(self) -> float | None:
+        """The estimate (bytes/s), or None before any sample."""
         return self._bw
+
+    @bandwidth.setter
+    def bandwidth(self, value: float | None) -> None:
+        # e.g. a probe's median, after its samples filled the outlier window
+        self._bw = value
 
     @property
     def rtt(self) -> float | None:

@@ -3,7 +3,7 @@
 One interface over several links, picked by URL scheme::
 
     async with await lopinfer.transports.connect("tcp://server:7700") as conn:
-        await conn.send_message(Hello(token="..."))
+        await conn.send_message(Bye(reason="done"))   # any registered Message
         await conn.send_tensor(Frame(tensor=x, tensor_id=3, dim=2, row_start=0, row_stop=8))
         reply = await conn.recv()                  # a Frame or a control Message
 
@@ -48,15 +48,9 @@ from ._connection import Connection
 from ._frame import SUPPORTED_DTYPES, Frame, Limits
 from ._listener import Listener, ListenerStatistics
 from ._messages import (
-    PROTOCOL_VERSION,
     Bye,
-    Deploy,
-    Deployed,
     Error,
-    Hello,
     Message,
-    PlanMsg,
-    Welcome,
     decode_message,
     encode_message,
     message_types,
@@ -71,28 +65,22 @@ from ._tls import server_context as server_ssl_context
 
 __all__ = [
     "HAVE_LZ4",
-    "PROTOCOL_VERSION",
     "SCHEMES",
     "SUPPORTED_DTYPES",
     "AdaptiveCompressor",
     "Bye",
     "Connection",
     "ConnectionStatistics",
-    "Deploy",
-    "Deployed",
     "Error",
     "Frame",
-    "Hello",
     "Limits",
     "LinkObserver",
     "Listener",
     "ListenerStatistics",
     "Message",
     "Options",
-    "PlanMsg",
     "TransferRecord",
     "LinkShape",
-    "Welcome",
     "connect",
     "decode_frame",
     "decode_message",

@@ -1,5 +1,8 @@
 """Control messages: msgspec Structs in one tagged union, encoded as msgpack.
 
+The transports define only what moving frames needs (``Error``, ``Bye``); the
+application registers its own messages (``lopinfer.runtime.protocol``).
+
 Decoding is schema-checked (msgspec validates every field's type) and never runs code
 from the wire. Adding a message is one decorated class::
 
@@ -18,8 +21,6 @@ from typing import Any, Union
 import msgspec
 
 from ..errors import InputError, ProtocolError
-
-PROTOCOL_VERSION = 2  # 2: verified deploys, Working keep-alives
 
 
 class Message(msgspec.Struct, tag_field="type", kw_only=True):
@@ -56,59 +57,9 @@ def message_types() -> tuple[type[Message], ...]:
 
 
 @register_message
-class Hello(Message, tag="hello"):
-    """Client -> server, first message: who is calling and with which token."""
-
-    protocol_version: int = PROTOCOL_VERSION
-    token: str = ""
-    client_name: str = ""
-
-
-@register_message
-class Welcome(Message, tag="welcome"):
-    """Server -> client: the session was opened."""
-
-    session_id: int
-    server_name: str = ""
-    device: str = "cpu"
-
-
-@register_message
-class Deploy(Message, tag="deploy"):
-    """Client -> server: a graph (JSON over the op allow-list) and its weights.
-
-    Weights travel either inline as a safetensors blob in ``weights``, or, when larger
-    than a control message may be, as ``weights_chunks`` uint8 tensor frames of the
-    same blob (``weights_size`` bytes in all) sent just before this message.
-    """
-
-    graph_json: str
-    content_hash: str
-    weights: bytes = b""
-    weights_hash: str = ""
-    weights_chunks: int = 0
-    weights_size: int = 0
-
-
-@register_message
-class Deployed(Message, tag="deployed"):
-    """Server -> client: the deployment ``content_hash`` is ready (``cached``: was already)."""
-
-    content_hash: str
-    session_id: int = 0
-    cached: bool = False
-
-
-@register_message
-class PlanMsg(Message, tag="plan"):
-    """Either way: a plan, as the JSON the scheduler writes."""
-
-    plan_json: str
-
-
-@register_message
 class Error(Message, tag="error"):
-    """Either way: a request failed (``code`` is machine-readable, ``message`` one line)."""
+    """Either way: a request failed (``code`` is machine-readable, ``message`` one line).
+    Codes name classes of the exception tree (``lopinfer.errors.REMOTE_CODES``)."""
 
     code: str
     message: str = ""

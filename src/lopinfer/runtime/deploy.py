@@ -1,0 +1,85 @@
+"""Upload: a graph to the server (its content hash first, the content only when the
+server lacks it), and plans compiled there under ids the client names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import UnknownDeploymentError
+from ..graph import Graph
+from ..scheduler.plan import Plan
+from ..transports import Frame
+from .protocol import FRAME_WEIGHTS, WEIGHTS_CHUNK, Deploy, Deployed, PlanReady, UsePlan
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["upload_graph", "ServerPlans"]
+
+
+async def upload_graph(client: Client, graph: Graph) -> Deployed:
+    """Deploy ``graph``: by its hash when the server has it, else the JSON and weights
+    (inline, or in tensor frames before ``Deploy`` when over a control message's limit).
+
+    Raises:
+        DeployError: the server refused the graph (a limit, a hash that does not match).
+        ConnectError, TransportError: the connection failed.
+    """
+    from ..graph.serialize import pack
+
+    text, weights, digest = await asyncio.to_thread(pack, graph)
+    try:
+        reply: Deployed = await client.request(Deploy(graph_json="", content_hash=digest),
+                                               Deployed)
+        return reply
+    except UnknownDeploymentError:
+        pass  # the content goes up
+    if len(weights) <= WEIGHTS_CHUNK:
+        return await client.request(Deploy(graph_json=text, content_hash=digest,
+                                           weights=weights), Deployed)
+    blob = torch.frombuffer(bytearray(weights), dtype=torch.uint8)
+    chunks = range(0, len(weights), WEIGHTS_CHUNK)
+    for i, a in enumerate(chunks):
+        await client.send_frame(Frame(tensor=blob[a:a + WEIGHTS_CHUNK], kind=FRAME_WEIGHTS,
+                                      tensor_id=i))
+    return await client.request(Deploy(graph_json=text, content_hash=digest,
+                                       weights_chunks=len(chunks), weights_size=len(weights)),
+                                Deployed)
+
+
+class ServerPlans:
+    """The plans the server has compiled for one session, per connection: switching
+    back to a plan the server still holds sends nothing."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._sent: dict[int, tuple[Plan, Any, int]] = {}  # id(plan) -> (plan, conn, plan id)
+
+    def forget(self) -> None:
+        """A deploy makes the server forget the session's plans."""
+        self._sent.clear()
+
+    async def ensure(self, client: Client, plan: Plan) -> int:
+        """The server's id of ``plan`` on the current connection, compiled there now
+        if it is not yet.
+
+        Raises:
+            PlanError: the server rejected the plan.
+            ConnectError, TransportError: the connection failed.
+        """
+        conn = client.conn
+        sent = self._sent.get(id(plan))
+        if sent is not None and sent[0] is plan and sent[1] is conn:
+            return sent[2]
+        pid = next(self._ids)
+        await client.request(UsePlan(plan_id=pid, plan_json=plan.to_json()), PlanReady)
+        self._sent[id(plan)] = (plan, conn, pid)
+        return pid
+
+    def __repr__(self) -> str:
+        return f"<ServerPlans {len(self._sent)} compiled>"

@@ -1,0 +1,223 @@
+"""The adaptive policy of a session: which plan to run at the link's current speed.
+
+It holds what a deploy measured (the cost model), the plans per bandwidth (the plan
+book), the link estimators fed by every inference's transfers, and the re-probe
+cadence while a local plan moves nothing over the link. It decides; the session runs
+what it decides (policy apart from mechanism).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LopInferError, PlanError
+from ..graph import Graph
+from ..log import logger
+from ..scheduler.cost import CostModel, Link, PeerCosts
+from ..scheduler.energy import DEVICE_PROFILES, DeviceProfile, Objective, device_energy
+from ..scheduler.link import LinkEstimator
+from ..scheduler.plan import Plan
+from ..scheduler.registry import available, default_methods
+from .report import Report
+
+if TYPE_CHECKING:  # the planners import the runtime's program compiler: no cycle at runtime
+    from ..scheduler.adapt import Choice, PlanBook
+    from .client import Client
+    from .measure import LinkProbe
+
+__all__ = ["AdaptivePolicy", "objective_from", "REPROBE_S"]
+
+log = logger("client")
+
+REPROBE_S = 5.0  # while a local plan runs, re-measure the link this often
+
+
+def objective_from(objective: str | Objective, deadline_s: float | None,
+                   device_profile: str | DeviceProfile | None) -> Objective:
+    """An Objective from deploy()'s arguments (energy under a deadline when given one).
+
+    Raises:
+        LopInferError: an unknown device profile name.
+    """
+    if isinstance(device_profile, str):
+        if device_profile not in DEVICE_PROFILES:
+            raise LopInferError(f"unknown device profile {device_profile!r}; known: "
+                                f"{sorted(DEVICE_PROFILES)}")
+        device_profile = DEVICE_PROFILES[device_profile]
+    obj = Objective.parse(objective, device_profile)
+    if deadline_s is not None or (device_profile is not None and isinstance(objective, str)):
+        obj = Objective(obj.kind, deadline_s if deadline_s is not None else obj.deadline_s,
+                        device_profile or obj.profile)
+    return obj
+
+
+class AdaptivePolicy:
+    """Measurements, plan book and link estimates of one deployed graph.
+
+    Attributes:
+        planner: the planner whose plans are chosen (None: the caller gave the plan).
+        adapt: whether the plan follows the bandwidth estimate between inferences.
+        cost: the measured cost model, or None before measuring.
+        book: the plans per bandwidth, or None.
+        choice: the last choice made from the book.
+        up, down: the link estimators (bytes/s).
+    """
+
+    def __init__(self, graph: Graph, objective: Objective | str = "latency", *,
+                 planner: str | None = None, adapt: bool = False) -> None:
+        self.graph = graph
+        self.objective = Objective.parse(objective)
+        self.planner, self.adapt = planner, adapt
+        self.cost: CostModel | None = None
+        self.book: PlanBook | None = None
+        self.choice: Choice | None = None
+        self.up = LinkEstimator()
+        self.down = LinkEstimator()
+        self.reprobe_s = REPROBE_S
+        self.last_link_sample = time.monotonic()
+        self.stop = threading.Event()  # set at close: background planning stops
+
+    def reset(self, graph: Graph) -> None:
+        """Forget what was planned: ``graph`` has another structure (the estimators
+        stay: the link did not change with the model)."""
+        self.graph = graph
+        self.book, self.cost, self.choice = None, None, None
+
+    def pin(self) -> None:
+        """Stop adapting: the caller chose the plan."""
+        self.adapt, self.choice = False, None
+
+    async def measure(self, client: Client, *, client_costs: PeerCosts | None = None,
+                      grid: list[float] | None = None, progress: bool = False,
+                      extra_methods: tuple[str, ...] = ()) -> None:
+        """Profile both peers (in parallel) and probe the link, then fill the plan book."""
+        from ..scheduler.adapt import PlanBook
+        from .measure import probe_link, server_costs
+        from .profiler import profile
+
+        graph = self.graph
+        mine: Any = None
+        if client_costs is None:  # measured here, while the server measures itself
+            mine = asyncio.wrap_future(client.worker.submit(
+                lambda: profile(graph, progress=progress, name="client")))
+        try:
+            theirs = await server_costs(client)
+        finally:
+            ccosts = await mine if mine is not None else client_costs
+        assert ccosts is not None
+        probe = await probe_link(client)
+        self.seed(probe)
+        self.cost = CostModel(ccosts, theirs, Link(probe.up, probe.rtt / 2, probe.up_frame_s),
+                              Link(probe.down, probe.rtt / 2, probe.down_frame_s),
+                              info={"probe": repr(probe)}, compression=client.compression)
+        assert self.planner is not None
+        methods: tuple[str, ...] = default_methods() if self.planner == "lopinfer" \
+            else (self.planner,)
+        methods += tuple(m for m in extra_methods if m not in methods)
+        methods = tuple(m for m in methods if available(m))  # e.g. dads without networkx
+        self.book = PlanBook(graph, self.cost, self.objective, methods, grid=grid)
+        if self.adapt:  # the whole grid now: planning later would steal the inferences' CPU
+            await asyncio.to_thread(self.book.fill, self.stop, progress)
+
+    async def choose(self, *, force: bool = False) -> Plan | None:
+        """The plan for the current bandwidth estimate, or None when not adapting."""
+        if self.book is None or self.planner is None or (not self.adapt and not force):
+            return None
+        choice = await asyncio.to_thread(self.book.choose, self.planner, self.link_estimate())
+        self.choice = choice
+        return choice.scored.plan
+
+    def use_planner(self, method: str) -> None:
+        """Choose with ``method``'s plans from now on.
+
+        Raises:
+            PlanError: ``method`` is not in the plan book.
+        """
+        if self.book is None or method not in self.book.methods:
+            raise PlanError(f"planner {method!r} is not in this session's plan book "
+                            f"({self.book.methods if self.book else 'none: deploy with a planner'})")
+        self.planner, self.adapt = method, True
+
+    # -- the link -------------------------------------------------------------------------
+    def seed(self, probe: LinkProbe) -> None:
+        """Restart the estimators from an active probe."""
+        self.up, self.down = LinkEstimator(probe.up), LinkEstimator(probe.down)
+        self.feed(probe.up_samples, probe.down_samples)  # the window outliers are judged by
+        self.up.bandwidth, self.down.bandwidth = probe.up, probe.down  # ... the probe's median
+        self.up.observe_rtt(probe.rtt)
+        self.last_link_sample = time.monotonic()
+
+    def feed(self, up: list, down: list) -> None:
+        """Passive samples ``(bytes, seconds)`` from an inference's transfers."""
+        took = [self.up.observe(int(n), float(t)) for n, t in up]
+        took += [self.down.observe(int(n), float(t)) for n, t in down]
+        if any(took):
+            self.last_link_sample = time.monotonic()
+
+    async def reprobe_if_stale(self, client: Client, plan: Plan | None) -> None:
+        """A local plan moves no tiles, so nothing measures the link: probe it now and
+        then, so that a link that got better is noticed."""
+        if plan is None or plan.uses_server():
+            return
+        if time.monotonic() - self.last_link_sample < self.reprobe_s:
+            return
+        from .measure import probe_link
+
+        probe = await probe_link(client, max_seconds=0.5)
+        self.feed(probe.up_samples, probe.down_samples)
+        self.last_link_sample = time.monotonic()
+
+    def link_estimate(self) -> float:
+        """The up bandwidth the plans are chosen by: each direction's estimate relative
+        to the deploy-time probe, the worse of the two (a link degrades both ways)."""
+        assert self.cost is not None
+        probe_up, probe_down = self.cost.up.bandwidth, self.cost.down.bandwidth
+        f_up = (self.up.bandwidth or probe_up) / probe_up
+        f_down = (self.down.bandwidth or probe_down) / probe_down
+        return probe_up * min(f_up, f_down)
+
+    def lz4_bandwidth(self) -> float:
+        """The up rate the transport's LZ4 decision uses: this estimate, the rate the
+        planner assumed, so that frames are compressed as the plan predicted."""
+        est = self.up.bandwidth or (self.cost.up.bandwidth if self.cost is not None else None)
+        return float(est) if est else float("inf")
+
+    # -- the report -----------------------------------------------------------------------
+    def predicted(self, plan: Plan) -> tuple[float | None, float | None]:
+        """(predicted latency, pipeline bound) of ``plan`` at the current estimates (not
+        the grid point's bandwidth it was planned for)."""
+        if self.cost is None:
+            return None, None
+        from ..scheduler.planners import evaluate
+
+        cost = self.cost
+        if self.up.bandwidth and self.down.bandwidth:
+            cost = cost.with_bandwidth(self.up.bandwidth, self.down.bandwidth)
+        try:
+            s = evaluate(self.graph, plan, cost, self.objective)
+        except (PlanError, RuntimeError):
+            return None, None
+        return s.latency_s, s.bound_s
+
+    def annotate(self, report: Report, plan: Plan | None) -> Report:
+        """Prediction, bound, estimates, modelled device energy and why this plan."""
+        if plan is not None and not report.fell_back:
+            report.predicted_s, report.bound_s = self.predicted(plan)
+            report.plan_reason = (self.choice.reason if self.choice is not None
+                                  and self.choice.scored.plan is plan else
+                                  "a plan given by the caller" if self.planner is None else
+                                  "the deploy-time plan")
+        up, down = self.up.bandwidth, self.down.bandwidth
+        report.bandwidth_up, report.bandwidth_down = up, down
+        up_s = report.bytes_up / up if up else 0.0
+        down_s = report.bytes_down / down if down else 0.0
+        report.energy_j = device_energy(report.latency_s, report.client_busy_s, up_s, down_s,
+                                        self.objective.profile)
+        return report
+
+    def __repr__(self) -> str:
+        return (f"<AdaptivePolicy planner={self.planner!r} adapt={self.adapt} "
+                f"up={self.up.bandwidth} down={self.down.bandwidth}>")

@@ -1,0 +1,181 @@
+"""A remote run: one inference split with the server, from the client's side.
+
+The client's share runs on its compute thread; the pieces it produces go through a
+bounded :class:`~.outbox.Outbox` to a send loop; the server's pieces arrive through the
+client's read loop (:meth:`InFlight.deliver`). The run ends when both peers are done, or
+fails (the link is lost, the server fails or stops making progress for
+``peer_timeout``): then the session finishes it locally (see ``session.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import ConnectError, LopInferError, TransportError
+from ..log import logger
+from ..transports import Connection, Frame
+from .outbox import Outbox
+from .peer import PeerRun
+from .program import Bound, Task
+from .protocol import FRAME_TILE, Done, Infer, InferFailed
+from .report import Report, busy_s, spans_from_wire, timeline
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["InFlight", "run_remote", "tile_frame"]
+
+log = logger("client")
+
+
+def tile_frame(task: Task, piece: torch.Tensor, inference_id: int, session_id: int = 0) -> Frame:
+    """The frame that carries ``piece``, the output of ``task``, to the other peer."""
+    return Frame(tensor=piece, kind=FRAME_TILE, session_id=session_id,
+                 inference_id=inference_id, tensor_id=task.id,
+                 dim=-1 if task.dim is None else task.dim,
+                 row_start=task.a if task.dim is not None else 0,
+                 row_stop=task.b if task.dim is not None else 0)
+
+
+class InFlight:
+    """Event-loop side of one inference in flight: both peers' completion, progress,
+    what the server reported, and why it failed (``failure``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.client_done = loop.create_future()
+        self.server_done = loop.create_future()
+        self.failure: str | None = None
+        self.last_progress = time.monotonic()
+        self.run: PeerRun | None = None
+        self.frames_up = self.frames_down = 0
+        self.server_spans: list[list[float]] = []
+        self.server_busy = 0.0
+        self.up_samples: list[list[float]] = []
+
+    def deliver(self, frame: Frame) -> None:
+        """A tile from the server (read loop)."""
+        self.last_progress = time.monotonic()
+        self.frames_down += 1
+        if self.run is not None:
+            self.run.deliver(frame.tensor_id, frame.row_start, frame.row_stop, frame.tensor)
+
+    def server_message(self, msg: Done | InferFailed) -> None:
+        """The server's end of its share (read loop)."""
+        self.last_progress = time.monotonic()
+        self.frames_down += 1
+        if isinstance(msg, Done):
+            self.server_spans, self.server_busy = msg.spans, msg.busy_s
+            self.up_samples = msg.up_samples
+            _set(self.server_done, True)
+        else:
+            self.link_lost(f"the server failed: {msg.message}")
+
+    def link_lost(self, why: str) -> None:
+        """The run cannot finish with the server (any task on the loop)."""
+        if self.failure is None:
+            self.failure = why
+        for fut in (self.client_done, self.server_done):
+            _set(fut, False)
+
+    @property
+    def why(self) -> str:
+        """Why it failed: the link's reason, else the client's own error."""
+        if self.failure:
+            return self.failure
+        return str(self.run.error) if self.run is not None and self.run.error else "failed"
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and self.run is not None and self.run.error is None
+
+    def report(self, program: Bound, plan_name: str, t0: float, latency: float) -> Report:
+        """The report of a run that succeeded (times from ``t0``, both peers' spans)."""
+        assert self.run is not None
+        moved = program.bytes_moved()
+        spans = self.run.spans
+        return Report(latency_s=latency, plan=plan_name, bytes_up=moved["up"],
+                      bytes_down=moved["down"], frames_up=self.frames_up,
+                      frames_down=self.frames_down, client_busy_s=busy_s(spans),
+                      server_busy_s=self.server_busy,
+                      timeline=timeline("client", spans, t0)
+                      + timeline("server", spans_from_wire(self.server_spans)))
+
+    def __repr__(self) -> str:
+        state = "ok" if self.ok else self.failure or "running"
+        return f"<InFlight {state} up={self.frames_up} down={self.frames_down}>"
+
+
+def _set(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+async def run_remote(client: Client, program: Bound, plan_id: int,
+                     inputs: tuple[torch.Tensor, ...]) -> tuple[int, InFlight]:
+    """Run one inference with plan ``plan_id`` (compiled on the server) split with the
+    server; returns (its id, its state). A failure is in the state, never raised."""
+    loop = asyncio.get_running_loop()
+    flight = InFlight(loop)
+    outbox = Outbox(loop, timeout=client.peer_timeout)
+
+    def on_send(task: Task, piece: torch.Tensor) -> None:  # any thread
+        outbox.put((task, piece), piece.numel() * piece.element_size())
+
+    def on_done(run: PeerRun) -> None:
+        loop.call_soon_threadsafe(_set, flight.client_done, run.error is None)
+
+    sender = None
+    conn = client.conn  # the inference lives and dies with this connection
+    with client.tracking(flight) as iid:
+        try:
+            if conn is None:
+                raise ConnectError(f"not connected to {client.url}")
+            # the run exists before the server hears of the inference; its input pieces
+            # wait in the outbox until Infer is sent
+            flight.run = PeerRun(program, "client", on_send=on_send, on_done=on_done,
+                                 inputs=inputs)
+            await client.report_fallbacks(conn)
+            await conn.send_message(Infer(inference_id=iid, plan_id=plan_id))
+            sender = asyncio.create_task(_send_loop(conn, iid, outbox, flight))
+            if not flight.run.finished:
+                client.worker.add(flight.run)
+            await _wait(client, flight)
+        except (TransportError, ConnectError) as exc:
+            flight.link_lost(str(exc))
+        finally:
+            outbox.close()  # wakes a compute thread waiting for room
+            if sender is not None:
+                sender.cancel()
+    if not flight.ok and flight.run is not None:
+        flight.run.cancel()
+    return iid, flight
+
+
+async def _wait(client: Client, flight: InFlight) -> None:
+    """Wait for both peers; the run fails when the server stops making progress."""
+    timeout = client.peer_timeout
+    for fut in (flight.client_done, flight.server_done):
+        while not fut.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), timeout=min(timeout, 1.0))
+            except asyncio.TimeoutError:
+                if time.monotonic() - flight.last_progress > timeout:
+                    flight.link_lost(f"no data from the server for {timeout:g} s")
+                    client.give_up()  # hung: later calls must not wait for it
+        if not fut.result():
+            return
+
+
+async def _send_loop(conn: Connection, iid: int, outbox: Outbox, flight: InFlight) -> None:
+    try:
+        while True:
+            task, piece = await outbox.get()
+            await conn.send_tensor(tile_frame(task, piece, iid))
+            flight.frames_up += 1
+    except (TransportError, LopInferError) as exc:
+        flight.link_lost(f"sending to the server failed: {exc}")

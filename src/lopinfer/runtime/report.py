@@ -1,0 +1,134 @@
+"""What one inference did: the :class:`Report`, and the one timeline builder both
+peers use (the server sends its spans relative to ``Infer``; the client turns its own
+and the server's into the report's timeline the same way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Report", "timeline", "busy_s", "spans_to_wire", "spans_from_wire"]
+
+Span = tuple[str, int, float, float]  # (kind, task id, start, end), as PeerRun records them
+
+
+def timeline(peer: str, spans: Iterable[Span], t0: float = 0.0) -> list[dict[str, Any]]:
+    """Report timeline entries of one peer's spans, in seconds from ``t0``."""
+    return [{"peer": peer, "kind": kind, "task": int(tid), "start": s - t0, "end": e - t0}
+            for kind, tid, s, e in spans]
+
+
+def busy_s(spans: Iterable[Span]) -> float:
+    """Seconds of compute in ``spans``."""
+    return sum(e - s for _, _, s, e in spans)
+
+
+def spans_to_wire(spans: Iterable[Span], t0: float) -> list[list[float]]:
+    """A peer's spans as ``Done.spans`` carries them: [task id, start, end] from ``t0``."""
+    return [[float(tid), s - t0, e - t0] for _, tid, s, e in spans]
+
+
+def spans_from_wire(rows: Sequence[Sequence[float]]) -> list[Span]:
+    """``Done.spans`` back as spans (compute, relative to the inference's start)."""
+    return [("compute", int(tid), float(s), float(e)) for tid, s, e in rows]
+
+
+@dataclass
+class Report:
+    """What one inference did (``session.last_report``).
+
+    ``str(report)`` is one line (plan, latency, bytes each way, overlap, fell_back),
+    ``report.summary()`` a few, ``report.format_timeline()`` the spans; the repr
+    leaves the timeline out (it can hold thousands of entries).
+    """
+
+    latency_s: float
+    plan: str
+    fell_back: bool = False
+    reason: str = ""
+    bytes_up: int = 0
+    bytes_down: int = 0
+    frames_up: int = 0
+    frames_down: int = 0
+    client_busy_s: float = 0.0
+    server_busy_s: float = 0.0
+    timeline: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    #: the simulator's latency for this plan at the current estimate, and the pipeline
+    #: lower bound of the same assignment (no per-tile overhead, arbitrarily fine tiles)
+    predicted_s: float | None = None
+    bound_s: float | None = None
+    #: why this plan ran (the planner, the bandwidth grid point, the estimate)
+    plan_reason: str = ""
+    #: link estimates after this inference (bytes/s), from measured transfers
+    bandwidth_up: float | None = None
+    bandwidth_down: float | None = None
+    #: modelled device energy (J): busy/idle compute power and radio time
+    energy_j: float = 0.0
+
+    @property
+    def overlap(self) -> float:
+        """Share of the shorter peer's busy time hidden under the other's (0..1)."""
+        seq = self.client_busy_s + self.server_busy_s
+        if seq <= 0 or min(self.client_busy_s, self.server_busy_s) <= 0:
+            return 0.0
+        hidden = max(0.0, seq - self.latency_s)
+        return min(1.0, hidden / min(self.client_busy_s, self.server_busy_s))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["overlap"] = self.overlap
+        return d
+
+    def save_trace(self, path: str | Path) -> Path:
+        """Write the timeline as a Chrome trace (viewable in Perfetto); see
+        :mod:`lopinfer.runtime.chrome_trace`."""
+        from .chrome_trace import save_trace
+
+        return save_trace(self.timeline, path, name=self.plan,
+                          meta={"latency_s": self.latency_s, "plan": self.plan,
+                                "fell_back": self.fell_back})
+
+    def __str__(self) -> str:
+        fell = f"fell_back=yes ({self.reason})" if self.fell_back else "fell_back=no"
+        return (f"{self.plan}: {self.latency_s * 1e3:.1f} ms, up {_kb(self.bytes_up)}, "
+                f"down {_kb(self.bytes_down)}, overlap {self.overlap:.0%}, {fell}")
+
+    def summary(self) -> str:
+        """A few lines: the one-line report, where the time went, the prediction and
+        the link estimates, why this plan."""
+        lines = [str(self)]
+        lines.append(f"  busy: client {self.client_busy_s * 1e3:.1f} ms, server "
+                     f"{self.server_busy_s * 1e3:.1f} ms; frames up {self.frames_up}, down "
+                     f"{self.frames_down}; {len(self.timeline)} timeline spans")
+        if self.predicted_s is not None:
+            bound = f", bound {self.bound_s * 1e3:.1f} ms" if self.bound_s is not None else ""
+            lines.append(f"  predicted {self.predicted_s * 1e3:.1f} ms{bound}")
+        if self.bandwidth_up or self.bandwidth_down:
+            lines.append(f"  link estimate: up {_rate(self.bandwidth_up)}, down "
+                         f"{_rate(self.bandwidth_down)}; device energy {self.energy_j:.3g} J")
+        if self.plan_reason:
+            lines.append(f"  why: {self.plan_reason}")
+        return "\n".join(lines)
+
+    def format_timeline(self, limit: int | None = None) -> str:
+        """The timeline, one span a line (peer, kind, task, start-end in ms), in start
+        order; ``limit`` keeps the first spans only."""
+        spans = sorted(self.timeline, key=lambda e: e.get("start", 0.0))
+        shown = spans if limit is None else spans[:limit]
+        lines = [f"{e.get('peer', '?'):<6} {e.get('kind', '?'):<8} task {e.get('task', '?'):>5}  "
+                 f"{e.get('start', 0.0) * 1e3:8.2f} - {e.get('end', 0.0) * 1e3:8.2f} ms"
+                 for e in shown]
+        if len(shown) < len(spans):
+            lines.append(f"... {len(spans) - len(shown)} more spans")
+        return "\n".join(lines)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
+
+
+def _rate(bps: float | None) -> str:
+    return "-" if not bps else f"{bps / 1e6:.3g} MB/s"
