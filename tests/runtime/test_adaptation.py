@@ -4,6 +4,7 @@ between inferences as the measured bandwidth changes (a user-space shaped link).
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -30,7 +31,14 @@ def test_deploy_measures_plans_and_reports():
             shape = LinkShape(3e6, 6e6, latency=0.001)
             async with connect(url, link_shape=shape) as client:
                 session = await client.deploy(model, (x,))
+                # the probed bandwidth's point is planned before deploy returns ...
+                assert session.book.nearest(session.link_estimate()) in session.book.ready()
                 assert_exact(await session.infer(x), ref)
+                # ... and the rest of the grid in the background
+                deadline = time.monotonic() + 120
+                while (len(session.book.ready()) < len(session.book.grid)
+                       and time.monotonic() < deadline):
+                    await asyncio.sleep(0.05)
                 return session
 
     session = _run(main())

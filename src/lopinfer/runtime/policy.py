@@ -9,6 +9,9 @@ what it decides (policy apart from mechanism).
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -21,18 +24,51 @@ from ..scheduler.energy import DEVICE_PROFILES, DeviceProfile, Objective, device
 from ..scheduler.link import LinkEstimator
 from ..scheduler.plan import Plan
 from ..scheduler.registry import available, default_methods
+from ..scheduler.speed import SpeedTracker
 from .report import Report
 
 if TYPE_CHECKING:  # the planners import the runtime's program compiler: no cycle at runtime
     from ..scheduler.adapt import Choice, PlanBook
     from .client import Client
     from .measure import LinkProbe
+    from .program import Bound
 
 __all__ = ["AdaptivePolicy", "objective_from", "REPROBE_S"]
 
 log = logger("client")
 
 REPROBE_S = 5.0  # while a local plan runs, re-measure the link this often
+
+
+_FILLERS: list[tuple[threading.Event, threading.Thread]] = []
+
+
+@atexit.register
+def _stop_fillers() -> None:
+    """Background planners stop before the interpreter does (torch at shutdown aborts)."""
+    for stop, _ in _FILLERS:
+        stop.set()
+    for _, thread in _FILLERS:
+        thread.join(timeout=10)
+
+
+def _start_filler(book: PlanBook, stop: threading.Event, progress: bool) -> None:
+    _FILLERS[:] = [(e, t) for e, t in _FILLERS if t.is_alive()]
+    thread = threading.Thread(target=_fill_quietly, args=(book, stop, progress),
+                              name="lopinfer-planner", daemon=True)
+    _FILLERS.append((stop, thread))
+    thread.start()
+
+
+def _fill_quietly(book: PlanBook, stop: threading.Event, progress: bool) -> None:
+    """Fill ``book`` on this thread at the lowest CPU priority (Linux: per thread), so the
+    inferences running meanwhile keep the CPU; ``stop`` ends it early."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    try:
+        book.fill(stop, progress)
+    except Exception as exc:  # a background planning failure costs only its grid points
+        log.warning("background planning stopped: %s", exc)
 
 
 def objective_from(objective: str | Objective, deadline_s: float | None,
@@ -78,13 +114,30 @@ class AdaptivePolicy:
         self.down = LinkEstimator()
         self.reprobe_s = REPROBE_S
         self.last_link_sample = time.monotonic()
-        self.stop = threading.Event()  # set at close: background planning stops
+        self.stop = threading.Event()  # set at close (close()): background planning stops
+        self._fill_stop = threading.Event()  # set when the book being filled is replaced
+        self.base_cost: CostModel | None = None  # as measured at deploy (speed factor 1)
+        self.methods: tuple[str, ...] = ()
+        self.grid: list[float] | None = None
+        self.graph_hash: str | None = None  # the deploy's content hash: keys stored books
+        self.speed = SpeedTracker()
+        self._pending_costs: CostModel | None = None
+        self.store_hits = 0
+        self.timings: dict[str, float] = {}
+        self._warm: set[int] = set()  # programs run once already
 
     def reset(self, graph: Graph) -> None:
         """Forget what was planned: ``graph`` has another structure (the estimators
         stay: the link did not change with the model)."""
         self.graph = graph
-        self.book, self.cost, self.choice = None, None, None
+        self._fill_stop.set()
+        self.book, self.cost, self.choice, self.base_cost = None, None, None, None
+        self.graph_hash, self._pending_costs = None, None
+
+    def close(self) -> None:
+        """Stop background planning."""
+        self.stop.set()
+        self._fill_stop.set()
 
     def pin(self) -> None:
         """Stop adapting: the caller chose the plan."""
@@ -93,12 +146,13 @@ class AdaptivePolicy:
     async def measure(self, client: Client, *, client_costs: PeerCosts | None = None,
                       grid: list[float] | None = None, progress: bool = False,
                       extra_methods: tuple[str, ...] = ()) -> None:
-        """Profile both peers (in parallel) and probe the link, then fill the plan book."""
-        from ..scheduler.adapt import PlanBook
+        """Profile both peers (in parallel) and probe the link, plan the probed
+        bandwidth, and fill the rest of the plan book in the background."""
         from .measure import probe_link, server_costs
         from .profiler import profile
 
         graph = self.graph
+        t0 = time.perf_counter()
         mine: Any = None
         if client_costs is None:  # measured here, while the server measures itself
             mine = asyncio.wrap_future(client.worker.submit(
@@ -108,19 +162,87 @@ class AdaptivePolicy:
         finally:
             ccosts = await mine if mine is not None else client_costs
         assert ccosts is not None
+        t1 = time.perf_counter()
         probe = await probe_link(client)
         self.seed(probe)
-        self.cost = CostModel(ccosts, theirs, Link(probe.up, probe.rtt / 2, probe.up_frame_s),
-                              Link(probe.down, probe.rtt / 2, probe.down_frame_s),
-                              info={"probe": repr(probe)}, compression=client.compression)
+        t2 = time.perf_counter()
+        self.base_cost = CostModel(ccosts, theirs, Link(probe.up, probe.rtt / 2, probe.up_frame_s),
+                                   Link(probe.down, probe.rtt / 2, probe.down_frame_s),
+                                   info={"probe": repr(probe)}, compression=client.compression)
         assert self.planner is not None
         methods: tuple[str, ...] = default_methods() if self.planner == "lopinfer" \
             else (self.planner,)
         methods += tuple(m for m in extra_methods if m not in methods)
-        methods = tuple(m for m in methods if available(m))  # e.g. dads without networkx
-        self.book = PlanBook(graph, self.cost, self.objective, methods, grid=grid)
-        if self.adapt:  # the whole grid now: planning later would steal the inferences' CPU
-            await asyncio.to_thread(self.book.fill, self.stop, progress)
+        self.methods = tuple(m for m in methods if available(m))  # e.g. dads without networkx
+        self.grid = grid
+        self.speed = SpeedTracker()
+        await self._new_book(self.base_cost, progress)
+        self.timings = {"profiles_s": t1 - t0, "probe_s": t2 - t1,
+                        "plan_s": time.perf_counter() - t2}
+        log.info("measured and planned %s in %.2f s (profiles %.2f s, link probe %.2f s, "
+                 "first plan %.2f s%s)", graph.name, time.perf_counter() - t0,
+                 *self.timings.values(),
+                 ", from the plan cache" if self.store_hits else "")
+
+    async def _new_book(self, cost: CostModel, progress: bool = False) -> None:
+        """A plan book for ``cost``: the grid point nearest the estimate now (what the
+        next inference runs), the others in the background at low priority."""
+        from ..scheduler.adapt import PlanBook
+        from ..scheduler.bookstore import BookStore, book_key
+
+        self._fill_stop.set()  # an older book's filling is of no use any more
+        self._fill_stop = threading.Event()
+        store = None
+        if self.graph_hash is not None:
+            store = BookStore(book_key(self.graph_hash, cost, self.objective, self.methods))
+        self.cost = cost
+        self.book = book = PlanBook(self.graph, cost, self.objective, self.methods,
+                                    grid=self.grid, store=store)
+        first = book.nearest(self.link_estimate())
+        await asyncio.to_thread(book.plans_at, first)
+        self.store_hits = store.hits if store is not None else 0
+        if self.adapt:
+            _start_filler(book, self._fill_stop, progress)
+
+    def observe(self, report: Report, program: Bound | None) -> bool:
+        """Compare this inference's compute spans with what the profile predicted; when
+        a peer's speed has moved beyond the margin, re-plan for it (True: a new book)."""
+        base = self.base_cost
+        if base is None or program is None or report.fell_back or self.book is None:
+            return False
+        if id(program) not in self._warm:  # a program's first run warms caches and pools
+            self._warm.add(id(program))
+            return False
+        tasks = program.tasks
+        sums = {"client": [0.0, 0.0], "server": [0.0, 0.0]}  # predicted, measured
+        for span in report.timeline:
+            peer = span["peer"]
+            if peer not in sums or span["kind"] not in ("tile", "whole", "compute"):
+                continue
+            tid = span["task"]
+            if not 0 <= tid < len(tasks) or tasks[tid].kind not in ("tile", "whole"):
+                continue
+            t = tasks[tid]
+            sums[peer][0] += base.peer(peer).task(t.value, t.b - t.a if t.kind == "tile" else 1)
+            sums[peer][1] += span["end"] - span["start"]
+        for peer, (predicted, measured) in sums.items():
+            self.speed.observe(peer, predicted, measured)
+        factors = self.speed.drifted()
+        if factors is None or not self.adapt or self.planner is None:
+            return False
+        log.info("peer speed moved (client x%.2f, server x%.2f of the profile): re-planning",
+                 factors["client"], factors["server"])
+        self.speed.replanned(factors)
+        self._pending_costs = CostModel(
+            base.client.scaled(factors["client"]), base.server.scaled(factors["server"]),
+            base.up, base.down, dict(base.info), base.compression)
+        return True
+
+    async def replan_if_needed(self) -> None:
+        """Make the book a peer's new speed asked for (between inferences)."""
+        cost, self._pending_costs = self._pending_costs, None
+        if cost is not None:
+            await self._new_book(cost)
 
     async def choose(self, *, force: bool = False) -> Plan | None:
         """The plan for the current bandwidth estimate, or None when not adapting."""

@@ -149,7 +149,8 @@ class Session:
         """Deploy the graph (hash first, content only if needed) and, with ``use``, the
         current plan (or the default one)."""
         self.server_plans.forget()  # a deploy makes the server forget this session's plans
-        await upload_graph(self.client, self.graph)
+        deployed = await upload_graph(self.client, self.graph)
+        self.policy.graph_hash = deployed.content_hash  # equal to ours: the server checked
         if use:
             await self.use_plan(self.plan or self.default_plan, pin=False)
 
@@ -203,7 +204,7 @@ class Session:
 
     def close(self) -> None:
         """Stop background planning."""
-        self.policy.stop.set()
+        self.policy.close()
 
     async def _follow_model(self, inputs: tuple[torch.Tensor, ...]) -> None:
         """If the model's weights changed since deploy, capture and deploy it again (or
@@ -282,6 +283,7 @@ class Session:
             if self.adapt and client.connected:
                 try:
                     await policy.reprobe_if_stale(client, self.plan)
+                    await policy.replan_if_needed()  # a peer's speed moved
                     await self._choose()
                 except _LINK_ERRORS as exc:
                     log.info("adapting the plan failed: %s", exc)
@@ -319,6 +321,7 @@ class Session:
                         fell_back=fell_back, reason=reason if fell_back else "",
                         client_busy_s=busy_s(spans), timeline=timeline("client", spans, t0))
         self.last_report = self.policy.annotate(report, None if fell_back else self.plan)
+        self.policy.observe(report, None if fell_back else ex.program)
         return out
 
     async def _infer_remote(self, inputs: tuple[torch.Tensor, ...]) -> Any:
@@ -343,6 +346,7 @@ class Session:
         self.policy.feed(flight.up_samples, client.received.samples_since(t0_ns))
         self.last_report = self.policy.annotate(flight.report(program, plan.name, t0, latency),
                                                 plan)
+        self.policy.observe(self.last_report, program)
         return outs
 
     def __repr__(self) -> str:

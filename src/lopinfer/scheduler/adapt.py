@@ -14,12 +14,16 @@ import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..graph import Graph
 from ..progress import progress as show_progress
 from .cost import CostModel
 from .energy import Objective
 from .link import Hysteresis
+
+if TYPE_CHECKING:
+    from .bookstore import BookStore
 from .plan import Plan
 from .planners import Scored, plan_all, plan_key
 from .registry import default_methods
@@ -30,10 +34,13 @@ __all__ = ["PlanBook", "Choice", "bandwidth_grid"]
 def bandwidth_grid(center: float, *, below: float = 256.0, above: float = 16.0,
                    step: float = 2.0) -> list[float]:
     """Log-spaced bandwidths from ``center / below`` to ``center * above``, ``step``
-    apart (wider below: a wireless link loses far more of its rate than it gains)."""
+    apart (wider below: a wireless link loses far more of its rate than it gains).
+    The grid is anchored at powers of ``step`` (the centre snapped to the nearest), so
+    two deploys on one link plan the same points and a stored book is found again."""
     lo = int(round(math.log(below) / math.log(step)))
     hi = int(round(math.log(above) / math.log(step)))
-    return [center * step**k for k in range(-lo, hi + 1)]
+    anchor = step ** round(math.log(center) / math.log(step))
+    return [anchor * step**k for k in range(-lo, hi + 1)]
 
 
 @dataclass
@@ -60,8 +67,10 @@ class PlanBook:
 
     def __init__(self, graph: Graph, cost: CostModel, objective: Objective,
                  methods: Iterable[str] | None = None,
-                 *, grid: list[float] | None = None, margin: float = 0.25) -> None:
+                 *, grid: list[float] | None = None, margin: float = 0.25,
+                 store: BookStore | None = None) -> None:
         self.graph, self.cost, self.objective = graph, cost, objective
+        self.store = store  # plans kept on disk (None: made in this process only)
         self.methods = default_methods() if methods is None else tuple(methods)
         self.grid = sorted(grid or bandwidth_grid(cost.up.bandwidth))
         self.ratio = cost.down.bandwidth / cost.up.bandwidth
@@ -83,7 +92,11 @@ class PlanBook:
             if index in self._plans:
                 return self._plans[index]
         cost = self.cost_at(self.grid[index])
-        plans = plan_all(self.graph, cost, self.objective, self.methods)
+        plans = self.store.get(self.grid[index]) if self.store is not None else None
+        if plans is None:  # (the methods are in the store's key)
+            plans = plan_all(self.graph, cost, self.objective, self.methods)
+            if self.store is not None:
+                self.store.put(self.grid[index], plans)
         with self._lock:
             for scored in plans.values():  # one Plan object per distinct plan, grid-wide
                 scored.plan = self._interned.setdefault(plan_key(scored.plan), scored.plan)

@@ -1,0 +1,70 @@
+"""Costs that follow the device: a client that becomes slower mid-session gets another
+plan within a few inferences, and every result stays exact."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from helpers import assert_exact, reference
+from lopinfer.runtime import loopback
+from lopinfer.scheduler.speed import SpeedTracker
+from lopinfer.transports import LinkShape
+from nets import REFERENCE_NETS
+
+
+def test_tracker_moves_on_a_median_not_on_one_inference():
+    t = SpeedTracker(window=5, margin=0.3, min_samples=3)
+    for ratio in (1.0, 1.1, 9.0):  # one slow outlier among normal runs
+        t.observe("client", 1.0, ratio)
+    assert t.drifted() is None
+    for _ in range(3):
+        t.observe("client", 1.0, 2.0)
+    assert t.drifted() == {"client": 2.0, "server": 1.0}
+    t.replanned({"client": 2.0, "server": 1.0})
+    for _ in range(3):
+        t.observe("client", 1.0, 2.2)  # within the margin of the new factor
+    assert t.drifted() is None
+
+
+class _Slower:
+    """Every kernel of this process (the device's) takes 3 ms more: a device that got
+    slower, as deterministic as a sleep (the steady stretch of lopinfer.steady follows
+    CPU time, which a loaded test machine makes noisy at this model's 0.1 ms tasks)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.003)
+
+
+def test_a_device_that_slows_down_gets_another_plan(monkeypatch):
+    model, x = REFERENCE_NETS["vgg"]()
+    ref = reference(model, x)
+
+    async def main():
+        # the server is another process (loopback): only this one, the device, slows
+        async with loopback("tcp", link_shape=LinkShape(30e6, 30e6, latency=0.0005)) as client:
+            session = await client.deploy(model, (x,))
+            for _ in range(3):
+                assert_exact(await session.infer(x), ref)
+            before = session.plan
+            monkeypatch.setattr("lopinfer.runtime.executor.stretched", _Slower)
+            monkeypatch.setattr("lopinfer.runtime.peer.stretched", _Slower)
+            plans = []
+            for _ in range(12):
+                assert_exact(await session.infer(x), ref)
+                plans.append(session.plan)
+                if session.plan is not None and session.plan.name != before.name:
+                    break
+            return before, plans, session.policy.speed
+
+    before, plans, speed = asyncio.run(main())
+    assert plans[-1].name != before.name, [p.name for p in plans]
+    assert len(plans) <= 6  # within a few inferences (3 for the median, and a re-plan)
+    assert plans[-1].uses_server()  # a slower device hands the server more of the work
+    assert speed.planned["client"] > 4  # the book was made for the slower device
