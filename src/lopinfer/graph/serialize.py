@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -181,7 +182,30 @@ def content_hash(graph: Graph) -> str:
     return _hash(graph_to_json(graph), graph)
 
 
+# graph -> (its parameters' stamp, the JSON hashed, the hash): a deploy hashes a graph
+# for the upload, both profiles and the plan book's key; 0.5 GB of weights take seconds
+_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stamp(graph: Graph) -> tuple:
+    """Changes whenever a parameter is replaced or written in place (version counter)."""
+    return tuple((name, id(t), t._version, t.data_ptr()) for name, t in graph.params.items())
+
+
 def _hash(text: str, graph: Graph) -> str:
+    stamp = _stamp(graph)
+    known = _HASHES.get(graph)
+    if known is not None and known[0] == stamp and known[1] == text:
+        return known[2]
+    digest = _hash_now(text, graph)
+    try:
+        _HASHES[graph] = (stamp, text, digest)
+    except TypeError:  # a graph type that cannot be weakly referenced: no memo
+        pass
+    return digest
+
+
+def _hash_now(text: str, graph: Graph) -> str:
     h = hashlib.sha256()
     data = text.encode("ascii")
     h.update(b"lopinfer.graph/1\0" + len(data).to_bytes(8, "little") + data)
