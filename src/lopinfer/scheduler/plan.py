@@ -57,7 +57,7 @@ class Plan:
     How a builder made it, as typed fields (never parsed back out of ``name``):
     ``tiles`` (its uniform tile count, None for another spec), ``cut`` (the first
     server node of a cut), ``split``; and who chose it: ``planner``, ``candidates``
-    (how many plans that planner scored). ``info`` is free-form (a user's notes)."""
+    (how many plans that planner scored) and ``search_s`` (the seconds it searched). ``info`` is free-form (a user's notes)."""
 
     name: str
     nodes: dict[str, NodeRows]
@@ -69,6 +69,7 @@ class Plan:
     split: Split | None = None
     planner: str = ""
     candidates: int = 0
+    search_s: float = 0.0
 
     # -- queries --------------------------------------------------------------------------
     def peers_of(self, node: str) -> list[str]:
@@ -134,6 +135,7 @@ class Plan:
             "split": None if self.split is None else vars_of(self.split),
             "planner": self.planner,
             "candidates": self.candidates,
+            "search_s": self.search_s,
             "input_edges": {k: list(v) for k, v in self.input_edges.items()},
             "nodes": {
                 k: {"client": [list(t) for t in v.client], "server": [list(t) for t in v.server]}
@@ -166,7 +168,8 @@ class Plan:
             tiles, cut = d.get("tiles"), d.get("cut")
             return cls(str(d["name"]), nodes, edges, str(d.get("kind", "custom")), info,
                        None if tiles is None else int(tiles), None if cut is None else int(cut),
-                       split, str(d.get("planner", "")), int(d.get("candidates", 0)))
+                       split, str(d.get("planner", "")), int(d.get("candidates", 0)),
+                       float(d.get("search_s", 0.0)))
         except PlanError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

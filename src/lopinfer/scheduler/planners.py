@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -28,9 +29,11 @@ from .energy import Objective, device_energy, score
 from .plan import WHOLE, NodeRows, Plan
 from .program import Program
 from .registry import default_methods, planner, registered
+from .search import Budget, search
 from .simulator import Prediction, lower_bound, simulate
 
-__all__ = ["Scored", "evaluate", "plan_all", "partition_cost", "plan_key"]
+__all__ = ["Scored", "evaluate", "plan_all", "partition_cost", "plan_key", "plan_lopinfer",
+           "plan_lopinfer_grid"]
 
 
 @dataclass
@@ -210,9 +213,25 @@ def _golden(f: Callable[[float], float], lo: float, hi: float, steps: int = 8) -
 
 @planner("lopinfer", searches=True)
 def plan_lopinfer(graph: Graph, cost: CostModel, objective: Objective,
-                  baselines: Iterable[Scored] = ()) -> Scored:
-    """A search over cuts x tile counts and intra-layer splits x fractions x halo
-    policies, scored by the simulator, the baselines' plans among the candidates."""
+                  baselines: Iterable[Scored] = (), budget: Budget | None = None) -> Scored:
+    """A branch and bound over cuts, partitions and intra-layer splits (ranked by their
+    pipeline bound), tiles sized per node and split fractions refined by the simulator,
+    under a budget (:mod:`.search`), the baselines' plans among the candidates."""
+    t0 = time.perf_counter()
+    best, stats = search(graph, cost, objective, evaluate, baselines, budget)
+    assert isinstance(best, Scored)
+    # a baseline's plan may win: say who chose it on a copy, not on the baseline's
+    return Scored(replace(best.plan, planner="lopinfer", candidates=stats.candidates,
+                          search_s=time.perf_counter() - t0),
+                  best.prediction, best.energy_j, best.bound_s)
+
+
+def plan_lopinfer_grid(graph: Graph, cost: CostModel, objective: Objective,
+                       baselines: Iterable[Scored] = ()) -> Scored:
+    """The previous ``lopinfer`` search (kept to compare against): cuts x tile counts 2,
+    4, 8 for the whole graph and splits of the 3 longest local segments x fractions
+    (6 golden-section steps) x halo policies, scored by the simulator."""
+    t0 = time.perf_counter()
     pool: list[Scored] = list(baselines)
 
     def key(s: Scored) -> tuple[float, float]:
@@ -253,14 +272,14 @@ def plan_lopinfer(graph: Graph, cost: CostModel, objective: Objective,
                         return math.inf if s is None else key(s)[0] + key(s)[1] * 1e-9
                     _golden(f, 0.02, 0.98, steps=6)
     best = min(pool, key=key)
-    # a baseline's plan may win: say who chose it on a copy, not on the baseline's
-    return Scored(replace(best.plan, planner="lopinfer", candidates=len(pool)),
+    return Scored(replace(best.plan, planner="lopinfer-grid", candidates=len(pool),
+                          search_s=time.perf_counter() - t0),
                   best.prediction, best.energy_j, best.bound_s)
 
 
 @planner("lopinfer-energy", searches=True, default=False)
 def plan_lopinfer_energy(graph: Graph, cost: CostModel, objective: Objective,
-                         baselines: Iterable[Scored] = ()) -> Scored:
+                         baselines: Iterable[Scored] = (), budget: Budget | None = None) -> Scored:
     """The least device energy among plans no slower than offloading everything."""
     pool = list(baselines)
     offload = next((s for s in pool if s.plan.kind == "offload"), None)
@@ -268,16 +287,18 @@ def plan_lopinfer_energy(graph: Graph, cost: CostModel, objective: Objective,
         offload = plan_offload(graph, cost, objective)
         pool.append(offload)
     goal = Objective("energy", offload.latency_s, objective.profile)
-    best = plan_lopinfer(graph, cost, goal, baselines=pool)
+    best = plan_lopinfer(graph, cost, goal, baselines=pool, budget=budget)
     best.plan.planner = "lopinfer-energy"  # a copy already (plan_lopinfer made it)
     return best
 
 
 def plan_all(graph: Graph, cost: CostModel, objective: Objective | str = "latency",
-             methods: Iterable[str] | None = None) -> dict[str, Scored]:
+             methods: Iterable[str] | None = None, budget: Budget | None = None,
+             ) -> dict[str, Scored]:
     """Every planner's best plan and its prediction (``methods``: the registry's
     defaults); the searches see every baseline's result. A planner that cannot run here
-    (a missing extra, no valid plan) is left out."""
+    (a missing extra, no valid plan) is left out. ``budget`` bounds each search
+    (:class:`~lopinfer.scheduler.search.Budget`; default ``Budget()``)."""
     obj = Objective.parse(objective)
     infos = registered()
     wanted = list(default_methods() if methods is None else methods)
@@ -294,5 +315,6 @@ def plan_all(graph: Graph, cost: CostModel, objective: Objective | str = "latenc
     found = list(out.values())
     for name in wanted:
         if infos[name].searches:
-            out[name] = infos[name].fn(graph, cost, obj, baselines=found)
+            kw = {} if budget is None else {"budget": budget}
+            out[name] = infos[name].fn(graph, cost, obj, baselines=found, **kw)
     return out

@@ -1,0 +1,354 @@
+"""The ``lopinfer`` search: assignments ranked by their pipeline bound, branch and bound,
+tiles sized per node, split fractions refined by the simulator, under a budget.
+
+1. **Assignments** (which rows each peer computes, tiles aside): offload, a cut at every
+   topological position, every server-using baseline plan (DADS's partition, ...), and
+   intra-layer splits of sub-runs of the local runs with the most device work (halos
+   sent or recomputed, the nodes after the split on either peer), each split's fraction
+   chosen by golden-section search on the bound. The bound
+   (:func:`~lopinfer.scheduler.limit.plan_bound`: the busiest resource with no per-tile
+   or per-frame cost) costs no compile and never exceeds what a schedule achieves.
+2. **Branch and bound**: assignments in increasing bound; one whose bound is no better
+   than the best predicted latency so far is pruned, and so is every later one.
+3. **Tiles per node** (:func:`retile`): node ``n`` on peer ``p`` gets
+   ``alpha * sqrt(work / per-tile cost)`` tiles (its rows' seconds over the node's fixed
+   per-call cost plus, where its rows cross, the link's per-frame cost), capped at
+   ``max_tiles``; ``alpha`` is searched on a log2 grid by the simulator, from 1 outwards
+   while it improves. Uniform counts 1 and 4 are tried too.
+4. **Fractions**: the best split assignments' fractions are refined by golden-section
+   search on the simulated latency (with their best ``alpha``).
+
+The cost is bounded by :class:`Budget` (simulated candidates, seconds); every
+baseline's plan is a candidate, so the prediction is never worse than theirs. The
+returned plan carries ``candidates`` (plans simulated, baselines included) and
+``search_s``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from ..errors import PlanError
+from ..graph import Graph, Node
+from ..graph.locality import default_dim
+from .builders import cut_plan, local_segments, offload_plan, partition, split_plan
+from .cost import CostModel
+from .energy import Objective, score
+from .limit import _Model
+from .plan import NodeRows, Plan
+
+__all__ = ["Budget", "SearchStats", "retile", "sqrt_counts", "search"]
+
+Interval = tuple[int, int]
+Counts = Callable[[Node, str, int], int]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``candidates`` simulated plans and about ``seconds`` of search."""
+
+    candidates: int = 600
+    seconds: float = 8.0
+    max_tiles: int = 64
+    max_runs: int = 3  # local runs whose sub-runs are split
+    points: int = 4  # positions per run between which sub-runs are split
+    grid: bool = True  # seed with the previous grid search's candidates (never worse)
+
+
+@dataclass
+class SearchStats:
+    candidates: int = 0  # plans simulated (baselines included)
+    bounds: int = 0  # plans bounded (no compile)
+    pruned: int = 0  # assignments never simulated: bound no better than the best
+    seconds: float = 0.0
+    exhausted: bool = False  # the budget ran out before the search ended
+    log: list[str] = field(default_factory=list)
+
+
+def retile(graph: Graph, plan: Plan, counts: Counts, *, min_rows: int = 1,
+           name: str | None = None) -> Plan:
+    """``plan``'s assignment with each peer's rows of each node cut into
+    ``counts(node, peer, rows)`` equal tiles (at least ``min_rows`` rows each); inputs
+    stream in as many pieces as their finest server reader has tiles."""
+    nodes: dict[str, NodeRows] = {}
+    in_tiles: dict[str, int] = {}
+    for n in graph:
+        rows = plan.nodes[n.name]
+        if n.locality is None:
+            nodes[n.name] = rows
+            continue
+        per: dict[str, tuple[Interval, ...]] = {}
+        for peer in ("client", "server"):
+            out: list[Interval] = []
+            for a, b in _merged(rows.on(peer)):
+                k = max(1, counts(n, peer, b - a))
+                out += [(a + x, a + y) for x, y in _pairs(partition(b - a, k, min_rows))]
+            per[peer] = tuple(out)
+            if peer == "server" and out:
+                for ref in n.refs():
+                    if ref in graph.inputs:
+                        in_tiles[ref] = max(in_tiles.get(ref, 1), len(out))
+        nodes[n.name] = NodeRows(client=per["client"], server=per["server"])
+    edges = dict(plan.input_edges)
+    for ref, meta in graph.inputs.items():
+        d = (getattr(graph, "input_dims", {}) or {}).get(ref, default_dim(meta.shape))
+        if d is not None and ref in in_tiles:
+            edges[ref] = tuple(partition(meta.shape[d], in_tiles[ref], min_rows))
+    return replace(plan, name=name or f"{plan.name}~retiled", nodes=nodes, input_edges=edges,
+                   tiles=None)
+
+
+def _merged(iv: Iterable[Interval]) -> list[Interval]:
+    out: list[Interval] = []
+    for a, b in sorted(iv):
+        if a == b:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _pairs(edges: list[int]) -> list[Interval]:
+    return list(zip(edges, edges[1:]))
+
+
+def sqrt_counts(cost: CostModel, alpha: float, max_tiles: int = 64) -> Counts:
+    """``alpha * sqrt(work / per-tile cost)`` tiles, between 1 and ``max_tiles``: the
+    count that balances a stage's per-tile overhead against the pipeline's fill."""
+    frame = {p: cost.link_to(p).frame_overhead + cost.client.frame_cpu + cost.server.frame_cpu
+             for p in ("client", "server")}
+
+    def f(node: Node, peer: str, rows: int) -> int:
+        c = cost.peer(peer).nodes.get(node.name)
+        if c is None or rows <= 1:
+            return 1
+        over = max(c.fixed, 1e-7) + 0.5 * frame["server" if peer == "client" else "client"]
+        n = alpha * math.sqrt(c.per_row * rows / over)
+        return int(min(max_tiles, rows, max(1, round(n))))
+
+    return f
+
+
+def _uniform(k: int) -> Counts:
+    return lambda node, peer, rows: k
+
+
+def search(graph: Graph, cost: CostModel, objective: Objective,
+           evaluate: Callable[[Graph, Plan, CostModel, Objective], object],
+           baselines: Iterable[object] = (), budget: Budget | None = None) -> tuple[object, SearchStats]:
+    """Run the search (module doc). ``evaluate`` is the planners' scorer (returns a
+    ``Scored``); ``baselines`` their results. Returns (best Scored, stats)."""
+    b = budget or Budget()
+    t0 = time.perf_counter()
+    st = SearchStats()
+    pool: list = list(baselines)
+    st.candidates = len(pool)
+
+    def key(s) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+        return score(objective, s.latency_s, s.energy_j)
+
+    best = min(pool, key=key) if pool else None
+    latency_only = objective.kind == "latency"
+
+    def out_of_budget() -> bool:
+        if st.candidates >= b.candidates or time.perf_counter() - t0 > b.seconds:
+            st.exhausted = True
+            return True
+        return False
+
+    def consider(plan: Plan) -> object | None:
+        nonlocal best
+        if out_of_budget():
+            return None
+        try:
+            s = evaluate(graph, plan, cost, objective)
+        except PlanError:
+            return None
+        st.candidates += 1
+        pool.append(s)
+        if best is None or key(s) < key(best):
+            best = s
+        return s
+
+    def lat(s: object | None) -> float:
+        return math.inf if s is None else key(s)[0] + key(s)[1] * 1e-9  # type: ignore[arg-type]
+
+    if b.grid:
+        _grid(graph, pool, key, consider, lat)
+        st.log.append(f"grid: {st.candidates} candidates in {time.perf_counter() - t0:.2f}s")
+
+    m = _Model(graph, cost)
+
+    def bound(plan: Plan) -> float:
+        st.bounds += 1
+        return m.bound(plan).seconds
+
+    # -- 1. assignments and their bounds ----------------------------------------------
+    cands: list[tuple[float, Plan, Callable[[float], Plan] | None]] = []
+
+    keys: set[tuple] = set()
+
+    def add(plan: Plan, refit: Callable[[float], Plan] | None = None) -> None:
+        k = (tuple(sorted(plan.input_edges.items())),
+             tuple((n, r.client, r.server) for n, r in plan.nodes.items()))
+        if k in keys:
+            return
+        keys.add(k)
+        try:
+            cands.append((bound(plan), plan, refit))
+        except (PlanError, KeyError):
+            pass
+
+    add(offload_plan(graph, 1))
+    for k in range(1, len(graph)):
+        add(cut_plan(graph, k, 1))
+    for s in list(pool):
+        p = s.plan
+        if p.uses_server() and p.kind not in ("offload", "cut"):
+            add(p)
+    runs = sorted(local_segments(graph), reverse=True, key=lambda r: sum(
+        cost.client.task(n.name, m.size[n.name]) for n in graph.nodes[r[0]:r[1]]))
+    split_time = 0.3 * b.seconds  # the bound phase never eats the simulator's budget
+    for lo, hi in runs[:b.max_runs]:
+        step = max(1, (hi - lo) // b.points)
+        marks = sorted({*range(lo, hi, step), hi})
+        for i, start in enumerate(marks):
+            for stop in marks[i + 1:]:
+                for halo in ("send", "recompute"):
+                    for after in ("server", "client"):
+                        if time.perf_counter() - t0 > split_time:
+                            break
+
+                        def mk(x: float, s=start, e=stop, h=halo, af=after) -> Plan:
+                            return split_plan(graph, x, s, e, 1, halo=h, after=af)
+                        if stop == hi and after == "client" and hi == len(graph):
+                            continue  # nothing after the split: the same as after="server"
+                        try:
+                            fb = _golden_grid(lambda x: bound(mk(x)), 4, 3)
+                        except PlanError:
+                            continue
+                        add(mk(fb), mk)
+    cands.sort(key=lambda c: c[0])
+    st.log.append(f"{len(cands)} assignments bounded in {time.perf_counter() - t0:.2f}s")
+
+    # -- 2./3. branch and bound, tiles per node ---------------------------------------
+    explored: list[tuple[float, Plan, Callable[[float], Plan] | None, tuple[str, Counts, int]]] = []
+    for i, (bd, plan, refit) in enumerate(cands):
+        if latency_only and best is not None and bd >= key(best)[0]:
+            st.pruned += len(cands) - i
+            break
+        if out_of_budget():
+            break
+        tiling, top = _tile_search(graph, plan, cost, b, consider, lat)
+        explored.append((lat(top), plan, refit, tiling))
+
+    # -- 4. fractions by the simulator for the best splits ----------------------------
+    splits = sorted((e for e in explored if e[2] is not None), key=lambda e: e[0])[:2]
+    for _, plan, refit, (label, counts, min_rows) in splits:
+        if out_of_budget():
+            break
+        assert refit is not None and plan.split is not None
+        f0 = plan.split.fraction
+
+        def g(x: float, refit=refit, counts=counts, label=label, min_rows=min_rows) -> float:
+            p = refit(x)
+            return lat(consider(retile(graph, p, counts, min_rows=min_rows,
+                                       name=f"{p.name}~{label}")))
+        try:
+            _golden(g, max(0.01, f0 - 0.2), min(0.99, f0 + 0.2), steps=5)
+        except PlanError:
+            pass
+    st.seconds = time.perf_counter() - t0
+    if best is None:
+        raise PlanError("no candidate plan")
+    return best, st
+
+
+def _tile_search(graph: Graph, plan: Plan, cost: CostModel, b: Budget,
+                 consider: Callable[[Plan], object | None],
+                 lat: Callable[[object | None], float],
+                 ) -> tuple[tuple[str, Counts, int], object | None]:
+    """The best tiling of one assignment: uniform 1 and 4 tiles,
+    then per-node counts ``alpha * sqrt(work / per-tile cost)`` with alpha from 1
+    outwards on a log2 grid while it improves. Returns ((label, counts, min_rows), its
+    Scored)."""
+    tried: dict[str, tuple[tuple[str, Counts, int], object | None]] = {}
+
+    def at(label: str, counts: Counts, min_rows: int) -> float:
+        s = consider(retile(graph, plan, counts, min_rows=min_rows, name=f"{plan.name}~{label}"))
+        tried[label] = ((label, counts, min_rows), s)
+        return lat(s)
+
+    for k in (1, 4):
+        at(f"t{k}", _uniform(k), 2)
+    seen = {1.0: at("a1", sqrt_counts(cost, 1.0, b.max_tiles), 1)}
+    for direction in (2.0, 0.5):
+        a = 1.0
+        while 1 / 8 <= a * direction <= 16:
+            a *= direction
+            seen[a] = at(f"a{a:g}", sqrt_counts(cost, a, b.max_tiles), 1)
+            if seen[a] >= seen[a / direction]:
+                break
+        if len(seen) > 2:  # the first direction improved: no need to try the other
+            break
+    return min(tried.values(), key=lambda t: lat(t[1]))
+
+
+def _grid(graph: Graph, pool: list, key: Callable, consider: Callable[[Plan], object | None],
+          lat: Callable[[object | None], float]) -> None:
+    """The previous ``lopinfer`` search, as the seed: cuts x 2, 4, 8 tiles for the whole
+    graph, the best cut refined, splits of the 3 longest local segments (fraction by 6
+    golden-section steps on the simulator, halos sent or recomputed, the server or the
+    client finishing, 1, 2 or 4 tiles)."""
+    n = len(graph)
+    best_k = min(pool, key=key).plan.cut if pool else None
+    cuts = sorted(set(range(0, n + 1, max(1, n // 24))) | ({best_k} if best_k is not None else set()))
+    for tiles in (2, 4, 8):
+        consider(offload_plan(graph, tiles, min_rows=2))
+        for k in cuts:
+            consider(cut_plan(graph, k, tiles, min_rows=2))
+    top = min(pool, key=key) if pool else None
+    if top is not None and top.plan.kind == "cut" and top.plan.cut is not None:
+        k0, t0 = top.plan.cut, top.plan.tiles or 4
+        for k in range(max(0, k0 - n // 24), min(n, k0 + n // 24) + 1):
+            consider(cut_plan(graph, k, t0, min_rows=2))
+    for start, stop in sorted(local_segments(graph), key=lambda s: s[0] - s[1])[:3]:
+        for halo in ("send", "recompute"):
+            for after in ("server", "client"):
+                for tiles in (1, 2, 4):
+                    def f(frac: float, start=start, stop=stop, halo=halo, after=after,
+                          tiles=tiles) -> float:
+                        return lat(consider(split_plan(graph, frac, start, stop, tiles,
+                                                       halo=halo, after=after, min_rows=2)))
+                    _golden(f, 0.02, 0.98, steps=6, strict=True)
+
+
+def _golden(f: Callable[[float], float], lo: float, hi: float, steps: int,
+            strict: bool = False) -> float:
+    r = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - r * (b - a), a + r * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(steps):
+        if (fc < fd) if strict else (fc <= fd):
+            b, d, fd = d, c, fc
+            c = b - r * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + r * (b - a)
+            fd = f(d)
+    return c if fc <= fd else d
+
+
+def _golden_grid(f: Callable[[float], float], grid: int, steps: int) -> float:
+    """A coarse grid on (0, 1), then golden-section steps around its best point."""
+    xs = [(j + 0.5) / grid for j in range(grid)]
+    vals = [f(x) for x in xs]
+    j = min(range(grid), key=vals.__getitem__)
+    return _golden(f, max(0.0, xs[j] - 1 / grid), min(1.0, xs[j] + 1 / grid), steps)

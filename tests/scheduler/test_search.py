@@ -1,0 +1,73 @@
+"""The lopinfer search: never worse than the old grid, bounded by its budget, and the
+plans it chooses (tiles per node) compile and run exact."""
+
+from __future__ import annotations
+
+import pytest
+
+import lopinfer
+from helpers import assert_exact, reference
+from lopinfer.runtime import TiledExecutor
+from lopinfer.scheduler.builders import cut_plan, split_plan
+from lopinfer.scheduler.cost import CostModel, Link, flop_costs
+from lopinfer.scheduler.energy import Objective
+from lopinfer.scheduler.plan import Plan
+from lopinfer.scheduler.planners import plan_all, plan_lopinfer, plan_lopinfer_grid
+from lopinfer.scheduler.search import Budget, retile, sqrt_counts
+from nets import REFERENCE_NETS
+
+
+@pytest.fixture(scope="module", params=["vgg", "unet"])
+def net(request):
+    model, x = REFERENCE_NETS[request.param]()
+    g = lopinfer.capture(model, (x,))
+    client, server = flop_costs(g, 2e8), flop_costs(g, 4e9)
+    return model, x, g, client, server
+
+
+def test_never_worse_than_the_old_grid(net):
+    _, _, g, client, server = net
+    cm = CostModel(client, server, Link(1e6), Link(1e6))
+    base = plan_all(g, cm, methods=["local", "offload", "neurosurgeon", "dads"])
+    old = plan_lopinfer_grid(g, cm, Objective(), list(base.values()))
+    new = plan_lopinfer(g, cm, Objective(), list(base.values()))
+    assert new.latency_s <= old.latency_s + 1e-12
+    assert new.plan.planner == "lopinfer" and new.plan.candidates >= old.plan.candidates
+    assert new.plan.search_s > 0
+
+
+def test_the_budget_bounds_the_candidates(net):
+    _, _, g, client, server = net
+    cm = CostModel(client, server, Link(1e6), Link(1e6))
+    base = list(plan_all(g, cm, methods=["local", "offload"]).values())
+    small = plan_lopinfer(g, cm, Objective(), base, budget=Budget(candidates=20))
+    assert small.plan.candidates <= 20
+    quick = plan_lopinfer(g, cm, Objective(), base, budget=Budget(seconds=0.05))
+    assert quick.plan.search_s < 2.0
+    # never worse than the baselines it was given, however small the budget
+    assert small.latency_s <= min(s.latency_s for s in base) + 1e-12
+
+
+def test_search_s_survives_json(net):
+    _, _, g, _, _ = net
+    p = cut_plan(g, 3, 2)
+    p.search_s, p.candidates = 1.25, 7
+    back = Plan.from_json(p.to_json())
+    assert (back.search_s, back.candidates) == (1.25, 7)
+
+
+def test_chosen_and_retiled_plans_run_exact(net):
+    model, x, g, client, server = net
+    ref = reference(model, x)
+    for bw in (1e5, 1e7):
+        cm = CostModel(client, server, Link(bw), Link(bw))
+        best = plan_all(g, cm, budget=Budget(candidates=150))["lopinfer"]
+        assert_exact(TiledExecutor(g, plan=best.plan)(x), ref)
+    cm = CostModel(client, server, Link(1e6), Link(1e6))
+    n = len(g)
+    for base in (cut_plan(g, n // 3, 1), split_plan(g, 0.4, 0, n // 2, 1, halo="send"),
+                 split_plan(g, 0.6, 0, n // 2, 1, halo="recompute", after="client")):
+        for alpha in (1.0, 8.0):
+            plan = retile(g, base, sqrt_counts(cm, alpha), name=f"{base.name}~a{alpha}")
+            assert plan.nodes != base.nodes or alpha == 1.0
+            assert_exact(TiledExecutor(g, plan=plan)(x), ref)
