@@ -51,7 +51,7 @@ class Budget:
     """At most ``candidates`` simulated plans and about ``seconds`` of search."""
 
     candidates: int = 600
-    seconds: float = 8.0
+    seconds: float = 3.0  # a deploy waits for its first grid point: keep it short
     max_tiles: int = 64
     max_runs: int = 3  # local runs whose sub-runs are split
     points: int = 4  # positions per run between which sub-runs are split
