@@ -163,7 +163,7 @@ def test_report_reads_in_one_line_and_a_few():
                  "end": i * 1e-4 + 5e-5} for i in range(5000)]
     r = Report(latency_s=0.0123, plan="split[0:29]@0.5/send/t4", bytes_up=2048,
                bytes_down=3 << 20, client_busy_s=0.008, server_busy_s=0.006,
-               timeline=timeline, predicted_s=0.011, bound_s=0.009, plan_reason="lopinfer plan",
+               timeline=timeline, predicted_s=0.011, plan_bound_s=0.009, plan_reason="lopinfer plan",
                bandwidth_up=11e6, bandwidth_down=11e6)
     line = str(r)
     assert "\n" not in line
@@ -171,7 +171,7 @@ def test_report_reads_in_one_line_and_a_few():
                     f"{r.overlap:.0%}, fell_back=no")
     lines = r.summary().splitlines()
     assert lines[0] == line and 3 <= len(lines) <= 6
-    assert "predicted 11.0 ms, bound 9.0 ms" in r.summary()
+    assert "predicted 11.0 ms, plan bound 9.0 ms" in r.summary()
     assert "timeline" not in repr(r) and len(repr(r)) < 600
     assert len(r.format_timeline(limit=3).splitlines()) == 4  # 3 spans + "... more"
     fell = Report(latency_s=0.002, plan="local/t4", fell_back=True, reason="server unavailable")

@@ -68,3 +68,31 @@ def test_a_device_that_slows_down_gets_another_plan(monkeypatch):
     assert len(plans) <= 6  # within a few inferences (3 for the median, and a re-plan)
     assert plans[-1].uses_server()  # a slower device hands the server more of the work
     assert speed.planned["client"] > 4  # the book was made for the slower device
+
+
+def test_reported_bounds_never_exceed_the_measured_latency():
+    """Even when the profile is far too pessimistic (here: every node 50x slower than it
+    is), the plan bound and the limit a report quotes stay at or below its latency."""
+    from lopinfer.scheduler.cost import PeerCosts
+
+    model, x = REFERENCE_NETS["vgg"]()
+    ref = reference(model, x)
+
+    async def main():
+        async with loopback("tcp", link_shape=LinkShape(30e6, 30e6, latency=0.0005)) as client:
+            import lopinfer
+            from lopinfer.runtime.profiler import profile
+
+            graph = lopinfer.capture(model, (x,))
+            slow: PeerCosts = profile(graph).scaled(50.0)
+            session = await client.deploy(graph, (x,), client_costs=slow, adapt=False)
+            reports = []
+            for _ in range(3):
+                assert_exact(await session.infer(x), ref)
+                reports.append(session.last_report)
+            return reports
+
+    for r in asyncio.run(main()):
+        assert r.predicted_s is not None and r.plan_bound_s is not None
+        assert 0 < r.plan_bound_s <= r.latency_s
+        assert r.limit_s is None or r.limit_s <= r.plan_bound_s

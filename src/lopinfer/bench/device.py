@@ -112,7 +112,7 @@ def _record(spec: dict, model: str, method: str, scen: dict, rate: float, rep: i
     return {
         "model": model, "method": method, "scenario": scen["name"], "rate_Bps": rate, "rep": rep,
         "latency_s": report.latency_s, "bytes_up": report.bytes_up, "bytes_down": report.bytes_down,
-        "energy_j": report.energy_j, "predicted_s": report.predicted_s, "bound_s": report.bound_s,
+        "energy_j": report.energy_j, "predicted_s": report.predicted_s, "bound_s": report.plan_bound_s,
         "sequential_s": report.client_busy_s + report.server_busy_s + link_s,
         "plan": report.plan, "fell_back": report.fell_back, "exact": exact,
         "plan_reason": report.plan_reason, "bandwidth_up": up_bw, "bandwidth_down": down_bw,
@@ -213,7 +213,10 @@ async def run(spec: dict) -> None:
                         report.timeline += link_spans(transfers.since(t0_ns), t0_ns, rate / dil)
                         exact = compare(method, y, ref).exact  # every output, invariant 1
                         rec = _record(spec, loaded.name, method, scen, rate, rep, report, exact)
-                        rec["limit_s"] = limits[rate]
+                        # the limit is at most any plan's bound, and a plan's bound is
+                        # capped by what its run measured (Report.plan_bound_s)
+                        bound = rec.get("bound_s")
+                        rec["limit_s"] = limits[rate] if bound is None else min(limits[rate], bound)
                         rec["device_share"] = m.get("device_share")
                         rec["device_model"] = spec.get("device_model", "userspace")
                         rec["stretch"] = m.get("stretch")

@@ -52,21 +52,28 @@ def _stop_fillers() -> None:
         thread.join(timeout=10)
 
 
-def _start_filler(book: PlanBook, stop: threading.Event, progress: bool) -> None:
+def _start_filler(book: PlanBook, stop: threading.Event, progress: bool,
+                  limits: dict[int, float]) -> None:
     _FILLERS[:] = [(e, t) for e, t in _FILLERS if t.is_alive()]
-    thread = threading.Thread(target=_fill_quietly, args=(book, stop, progress),
+    thread = threading.Thread(target=_fill_quietly, args=(book, stop, progress, limits),
                               name="lopinfer-planner", daemon=True)
     _FILLERS.append((stop, thread))
     thread.start()
 
 
-def _fill_quietly(book: PlanBook, stop: threading.Event, progress: bool) -> None:
+def _fill_quietly(book: PlanBook, stop: threading.Event, progress: bool,
+                  limits: dict[int, float]) -> None:
     """Fill ``book`` on this thread at the lowest CPU priority (Linux: per thread), so the
-    inferences running meanwhile keep the CPU; ``stop`` ends it early."""
+    inferences running meanwhile keep the CPU, then find the physical limit at the
+    book's cost model (reports quote it); ``stop`` ends it early."""
+    from ..scheduler.limit import physical_limit
+
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     try:
         book.fill(stop, progress)
+        if not stop.is_set():
+            limits[id(book.cost)] = physical_limit(book.graph, book.cost).seconds
     except Exception as exc:  # a background planning failure costs only its grid points
         log.warning("background planning stopped: %s", exc)
 
@@ -125,6 +132,7 @@ class AdaptivePolicy:
         self.store_hits = 0
         self.timings: dict[str, float] = {}
         self._warm: set[int] = set()  # programs run once already
+        self.limits: dict[int, float] = {}  # id(cost model) -> its physical limit (s)
 
     def reset(self, graph: Graph) -> None:
         """Forget what was planned: ``graph`` has another structure (the estimators
@@ -176,6 +184,8 @@ class AdaptivePolicy:
         self.methods = tuple(m for m in methods if available(m))  # e.g. dads without networkx
         self.grid = grid
         self.speed = SpeedTracker()
+        if client_costs is not None:  # the caller's costs (e.g. an emulated device) stand
+            self.speed.followed.discard("client")
         await self._new_book(self.base_cost, progress)
         self.timings = {"profiles_s": t1 - t0, "probe_s": t2 - t1,
                         "plan_s": time.perf_counter() - t2}
@@ -202,7 +212,7 @@ class AdaptivePolicy:
         await asyncio.to_thread(book.plans_at, first)
         self.store_hits = store.hits if store is not None else 0
         if self.adapt:
-            _start_filler(book, self._fill_stop, progress)
+            _start_filler(book, self._fill_stop, progress, self.limits)
 
     def observe(self, report: Report, program: Bound | None) -> bool:
         """Compare this inference's compute spans with what the profile predicted; when
@@ -326,13 +336,25 @@ class AdaptivePolicy:
 
     def annotate(self, report: Report, plan: Plan | None) -> Report:
         """Prediction, bound, estimates, modelled device energy and why this plan."""
+        up, down = self.up.bandwidth, self.down.bandwidth
         if plan is not None and not report.fell_back:
-            report.predicted_s, report.bound_s = self.predicted(plan)
+            report.predicted_s, model_bound = self.predicted(plan)
+            if model_bound is not None:
+                # a model that overestimates a peer must not claim a bound the run beat:
+                # this run's busiest resource (each at most its latency) caps it
+                lat = report.latency_s
+                seen = max(report.client_busy_s, report.server_busy_s,
+                           min(lat, report.bytes_up / up) if up else 0.0,
+                           min(lat, report.bytes_down / down) if down else 0.0)
+                report.plan_bound_s = min(model_bound, seen)
+            limit = self.limits.get(id(self.cost))
+            # the limit is at most any plan's bound, this one's (honest) bound included
+            report.limit_s = (limit if limit is None or report.plan_bound_s is None
+                              else min(limit, report.plan_bound_s))
             report.plan_reason = (self.choice.reason if self.choice is not None
                                   and self.choice.scored.plan is plan else
                                   "a plan given by the caller" if self.planner is None else
                                   "the deploy-time plan")
-        up, down = self.up.bandwidth, self.down.bandwidth
         report.bandwidth_up, report.bandwidth_down = up, down
         up_s = report.bytes_up / up if up else 0.0
         down_s = report.bytes_down / down if down else 0.0

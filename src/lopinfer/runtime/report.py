@@ -56,10 +56,15 @@ class Report:
     client_busy_s: float = 0.0
     server_busy_s: float = 0.0
     timeline: list[dict[str, Any]] = field(default_factory=list, repr=False)
-    #: the simulator's latency for this plan at the current estimate, and the pipeline
-    #: lower bound of the same assignment (no per-tile overhead, arbitrarily fine tiles)
+    #: what the numbers are (docs/runtime.md "What a report's times mean"):
+    #: ``predicted_s``: the simulator's latency for this plan at the current estimates;
+    #: ``plan_bound_s``: this plan's pipeline bound (its busiest resource with no per-tile
+    #: or per-frame cost), never above what this inference's own busiest resource
+    #: measured, so never above ``latency_s``; ``limit_s``: the physical limit, the
+    #: least bound over every plan the planners can express (None until computed)
     predicted_s: float | None = None
-    bound_s: float | None = None
+    plan_bound_s: float | None = None
+    limit_s: float | None = None
     #: why this plan ran (the planner, the bandwidth grid point, the estimate)
     plan_reason: str = ""
     #: link estimates after this inference (bytes/s), from measured transfers
@@ -67,6 +72,11 @@ class Report:
     bandwidth_down: float | None = None
     #: modelled device energy (J): busy/idle compute power and radio time
     energy_j: float = 0.0
+
+    @property
+    def bound_s(self) -> float | None:
+        """The earlier name of :attr:`plan_bound_s`."""
+        return self.plan_bound_s
 
     @property
     def overlap(self) -> float:
@@ -104,8 +114,10 @@ class Report:
                      f"{self.server_busy_s * 1e3:.1f} ms; frames up {self.frames_up}, down "
                      f"{self.frames_down}; {len(self.timeline)} timeline spans")
         if self.predicted_s is not None:
-            bound = f", bound {self.bound_s * 1e3:.1f} ms" if self.bound_s is not None else ""
-            lines.append(f"  predicted {self.predicted_s * 1e3:.1f} ms{bound}")
+            bound = (f", plan bound {self.plan_bound_s * 1e3:.1f} ms"
+                     if self.plan_bound_s is not None else "")
+            limit = f", limit {self.limit_s * 1e3:.1f} ms" if self.limit_s is not None else ""
+            lines.append(f"  predicted {self.predicted_s * 1e3:.1f} ms{bound}{limit}")
         if self.bandwidth_up or self.bandwidth_down:
             lines.append(f"  link estimate: up {_rate(self.bandwidth_up)}, down "
                          f"{_rate(self.bandwidth_down)}; device energy {self.energy_j:.3g} J")

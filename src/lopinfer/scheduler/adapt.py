@@ -82,6 +82,7 @@ class PlanBook:
         self._lock = threading.Lock()
         self._hyst: dict[str, Hysteresis] = {}
         self.margin = margin
+        self.far = 2  # grid steps to the nearest planned point before one is planned now
 
     def cost_at(self, up: float) -> CostModel:
         return self.cost.with_bandwidth(up, up * self.ratio)
@@ -125,9 +126,12 @@ class PlanBook:
         Only grid points already planned are candidates, so an inference never waits
         for the planner (the one nearest the deploy-time estimate always is)."""
         ready = self.ready()
-        if not ready:
-            ready = [self.nearest(self.cost.up.bandwidth)]
-            self.plans_at(ready[0])
+        wanted = self.nearest(bandwidth)
+        if not ready or min(abs(i - wanted) for i in ready) > self.far:
+            # nothing planned near the estimate yet (the background has not got there):
+            # a plan for a link 4x off costs more than planning this point now
+            self.plans_at(wanted)
+            ready = self.ready()
         hyst = self._hyst.setdefault(method, Hysteresis([self.grid[i] for i in ready],
                                                         margin=self.margin))
         if len(hyst.grid) != len(ready):  # more grid points are planned now: widen

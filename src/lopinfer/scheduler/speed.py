@@ -27,10 +27,11 @@ class SpeedTracker:
         self.window, self.margin, self.min_samples = window, margin, min_samples
         self.min_predicted_s = min_predicted_s  # less than this: too little work to judge
         self.ratios: dict[str, deque[float]] = {p: deque(maxlen=window) for p in PEERS}
+        self.followed = set(PEERS)  # peers whose speed moves the book (not a given cost)
         self.planned: dict[str, float] = {p: 1.0 for p in PEERS}  # what the book assumes
 
     def observe(self, peer: str, predicted_s: float, measured_s: float) -> None:
-        if predicted_s >= self.min_predicted_s and measured_s > 0:
+        if peer in self.followed and predicted_s >= self.min_predicted_s and measured_s > 0:
             self.ratios[peer].append(measured_s / predicted_s)
 
     def factor(self, peer: str) -> float | None:
