@@ -36,6 +36,7 @@ from ..errors import (
     remote_error,
 )
 from ..log import logger
+from ..progress import Steps
 from ..scheduler.cost import PeerCosts
 from ..scheduler.energy import DeviceProfile, Objective
 from ..scheduler.link import ReceiptLog
@@ -311,7 +312,7 @@ class Client:
                      plan: Plan | None = None, deadline_s: float | None = None,
                      device_profile: str | DeviceProfile | None = None,
                      client_costs: PeerCosts | None = None, adapt: bool = True,
-                     grid: list[float] | None = None, progress: bool = False,
+                     grid: list[float] | None = None, progress: bool | None = None,
                      extra_methods: tuple[str, ...] = (), strict: bool | None = None,
                      watch: ModelWatch | None = None) -> Session:
         """Capture ``model``, upload it unless the server has it, measure, plan.
@@ -331,6 +332,8 @@ class Client:
                 profile scaled); otherwise measured here.
             grid: the bandwidths (bytes/s) to plan for; default from 1/256 to 16 times
                 the probe, a factor 2 apart.
+            progress: show the deploy's steps (a bar that appears once it has taken 2 s;
+                default: when stderr is a terminal, else INFO log records).
             extra_methods: more planners for the plan book (``"lopinfer-energy"``: least
                 device energy at no more than offload's latency), for
                 :meth:`Session.use_planner`.
@@ -354,12 +357,17 @@ class Client:
         session = await Session.new(self, model, example_inputs, objective=obj,
                                     planner=planner, plan=plan, adapt=adapt,
                                     strict=self.strict if strict is None else strict, watch=watch)
+        steps = Steps(f"lopinfer: deploying {session.graph.name}", 3, enabled=progress)
         if await self.ensure_connected():
             try:
+                steps.step(f"uploading to {self.url} (by hash when the server has it)")
                 await session.upload(use=plan is not None)
                 if plan is None:
+                    steps.step("profiling both peers, probing the link, planning")
                     await session.measure_and_plan(client_costs=client_costs, grid=grid,
-                                                   progress=progress, extra_methods=extra_methods)
+                                                   progress=bool(progress),
+                                                   extra_methods=extra_methods)
+                steps.step("ready")
             except (TransportError, ConnectError) as exc:
                 if self.strict:
                     raise
@@ -372,6 +380,7 @@ class Client:
         else:
             self._warn(f"{self.last_error or f'server {self.url} unreachable'}; running "
                        "locally until the server is reachable")
+        steps.close()
         self.sessions.append(session)
         return session
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..graph import Graph, capture
+from ..progress import announce
 from ..scheduler.plan import Plan
 from .client import Client, Session
 from .diagnose import server_url
@@ -84,7 +85,9 @@ class LOPInfer:
         def forward(*args: torch.Tensor, **kwargs: Any) -> Any:
             if kwargs:
                 raise InputError("an offloaded model takes positional tensors only")
-            if self.session is None:
+            if self.session is None:  # the first call: say why it takes a while
+                announce(f"first call of {type(model).__name__}: capturing it and deploying "
+                         f"to {self.url} (profiles, link probe, plan; once per model)")
                 self._deploy(args)
             assert self.session is not None  # _deploy opened it (or raised)
             return self._call(self.session.infer(*args))
