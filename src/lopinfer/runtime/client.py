@@ -101,6 +101,9 @@ class Client:
 
             options["ssl"] = client_ssl_context(ca)
         self.strict = strict
+        # (monotonic time, LinkProbe) of the last deploy's link probe: a deploy within
+        # PROBE_REUSE_S reuses it (the same link, the same stored plan book)
+        self.last_probe: tuple[float, Any] | None = None
         self.last_error: Exception | None = None  # why the last connect attempt failed
         self.fallbacks: list[tuple[int, str]] = []  # (inference, why) not yet told the server
         self.name, self.options = name, options

@@ -30,15 +30,17 @@ async def upload_graph(client: Client, graph: Graph) -> Deployed:
         DeployError: the server refused the graph (a limit, a hash that does not match).
         ConnectError, TransportError: the connection failed.
     """
-    from ..graph.serialize import pack
+    from ..graph.serialize import content_hash, pack
 
-    text, weights, digest = await asyncio.to_thread(pack, graph)
+    # the hash first (remembered per graph): a server that has the model needs no more
+    digest = await asyncio.to_thread(content_hash, graph)
     try:
         reply: Deployed = await client.request(Deploy(graph_json="", content_hash=digest),
                                                Deployed)
         return reply
     except UnknownDeploymentError:
         pass  # the content goes up
+    text, weights, digest = await asyncio.to_thread(pack, graph)
     if len(weights) <= WEIGHTS_CHUNK:
         return await client.request(Deploy(graph_json=text, content_hash=digest,
                                            weights=weights), Deployed)

@@ -38,6 +38,7 @@ __all__ = ["AdaptivePolicy", "objective_from", "REPROBE_S"]
 log = logger("client")
 
 REPROBE_S = 5.0  # while a local plan runs, re-measure the link this often
+PROBE_REUSE_S = 60.0  # a deploy this soon after another on one client reuses its probe
 
 
 _FILLERS: list[tuple[threading.Event, threading.Thread]] = []
@@ -171,7 +172,12 @@ class AdaptivePolicy:
             ccosts = await mine if mine is not None else client_costs
         assert ccosts is not None
         t1 = time.perf_counter()
-        probe = await probe_link(client)
+        recent = client.last_probe
+        if recent is not None and time.monotonic() - recent[0] < PROBE_REUSE_S:
+            probe = recent[1]  # measured moments ago on this connection's link
+        else:
+            probe = await probe_link(client)
+            client.last_probe = (time.monotonic(), probe)
         self.seed(probe)
         t2 = time.perf_counter()
         self.base_cost = CostModel(ccosts, theirs, Link(probe.up, probe.rtt / 2, probe.up_frame_s),
@@ -209,7 +215,7 @@ class AdaptivePolicy:
         self.book = book = PlanBook(self.graph, cost, self.objective, self.methods,
                                     grid=self.grid, store=store)
         first = book.nearest(self.link_estimate())
-        await asyncio.to_thread(book.plans_at, first)
+        await asyncio.to_thread(lambda: book.plans_at(first, quick=self.adapt))
         self.store_hits = store.hits if store is not None else 0
         if self.adapt:
             _start_filler(book, self._fill_stop, progress, self.limits)

@@ -27,8 +27,12 @@ if TYPE_CHECKING:
 from .plan import Plan
 from .planners import Scored, plan_all, plan_key
 from .registry import default_methods
+from .search import Budget
 
-__all__ = ["PlanBook", "Choice", "bandwidth_grid"]
+__all__ = ["PlanBook", "Choice", "bandwidth_grid", "QUICK"]
+
+#: the search budget of the grid point a deploy waits for (the background replans it)
+QUICK = Budget(seconds=0.75)
 
 
 def bandwidth_grid(center: float, *, below: float = 256.0, above: float = 16.0,
@@ -83,24 +87,35 @@ class PlanBook:
         self._hyst: dict[str, Hysteresis] = {}
         self.margin = margin
         self.far = 2  # grid steps to the nearest planned point before one is planned now
+        self._quick: set[int] = set()  # points planned under QUICK, to plan again fully
 
     def cost_at(self, up: float) -> CostModel:
         return self.cost.with_bandwidth(up, up * self.ratio)
 
-    def plans_at(self, index: int) -> dict[str, Scored]:
-        """Every method's plan at grid point ``index`` (computed on first use)."""
+    def plans_at(self, index: int, *, quick: bool = False) -> dict[str, Scored]:
+        """Every method's plan at grid point ``index`` (computed on first use).
+
+        ``quick``: under :data:`QUICK` (a deploy waits for this point); :meth:`fill`
+        plans such a point again with the full budget, and only full plans are stored."""
         with self._lock:
-            if index in self._plans:
+            if index in self._plans and not (index in self._quick and not quick):
                 return self._plans[index]
         cost = self.cost_at(self.grid[index])
         plans = self.store.get(self.grid[index]) if self.store is not None else None
+        stored = plans is not None
         if plans is None:  # (the methods are in the store's key)
-            plans = plan_all(self.graph, cost, self.objective, self.methods)
-            if self.store is not None:
+            plans = plan_all(self.graph, cost, self.objective, self.methods,
+                             budget=QUICK if quick else None)
+            if self.store is not None and not quick:
                 self.store.put(self.grid[index], plans)
         with self._lock:
             for scored in plans.values():  # one Plan object per distinct plan, grid-wide
                 scored.plan = self._interned.setdefault(plan_key(scored.plan), scored.plan)
+            if quick and not stored:
+                self._quick.add(index)
+            elif index in self._quick:  # the full search replaces the quick one
+                self._quick.discard(index)
+                self._plans[index] = plans
             return self._plans.setdefault(index, plans)
 
     def nearest(self, bandwidth: float) -> int:
@@ -110,7 +125,9 @@ class PlanBook:
         """Compute the whole grid, nearest to the centre first (``stop`` ends it early)."""
         centre = self.nearest(self.cost.up.bandwidth)
         step = show_progress(progress, len(self.grid), "planning")
-        for i in sorted(range(len(self.grid)), key=lambda i: abs(i - centre)):
+        with self._lock:
+            again = sorted(self._quick)
+        for i in again + sorted(range(len(self.grid)), key=lambda i: abs(i - centre)):
             if stop is not None and stop.is_set():
                 return
             self.plans_at(i)

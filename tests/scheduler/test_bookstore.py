@@ -1,0 +1,54 @@
+"""Plan books on disk: a second book for the same graph, costs and link plans nothing;
+another cost model, or a quick first plan, is never taken for a stored one."""
+
+from __future__ import annotations
+
+import lopinfer
+from lopinfer.graph.serialize import content_hash
+from lopinfer.scheduler import planners
+from lopinfer.scheduler.adapt import PlanBook
+from lopinfer.scheduler.bookstore import BookStore, book_key
+from lopinfer.scheduler.cost import CostModel, Link, flop_costs
+from lopinfer.scheduler.energy import Objective
+from nets import REFERENCE_NETS
+
+
+def _book(graph, cost, root, methods=("local", "offload", "lopinfer")):
+    obj = Objective()
+    return PlanBook(graph, cost, obj, methods, grid=[1e6, 4e6],
+                    store=BookStore(book_key(content_hash(graph), cost, obj, methods), root))
+
+
+def test_a_second_book_plans_nothing(tmp_path, monkeypatch):
+    model, x = REFERENCE_NETS["vgg"]()
+    graph = lopinfer.capture(model, (x,))
+    cost = CostModel(flop_costs(graph, 1e9), flop_costs(graph, 2e10), Link(2e6), Link(2e6))
+    first = _book(graph, cost, tmp_path)
+    first.fill()
+    calls = []
+    real = planners.plan_all
+    monkeypatch.setattr("lopinfer.scheduler.adapt.plan_all",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = _book(graph, cost, tmp_path)
+    second.fill()
+    assert calls == [] and second.store.hits == 2
+    for i in range(2):
+        a, b = first.plans_at(i), second.plans_at(i)
+        assert {m: s.plan.to_json() for m, s in a.items()} == {m: s.plan.to_json() for m, s in b.items()}
+        assert all(abs(a[m].latency_s - b[m].latency_s) < 1e-12 for m in a)
+    # another device speed is another book
+    slower = CostModel(cost.client.scaled(3.0), cost.server, cost.up, cost.down)
+    third = _book(graph, slower, tmp_path)
+    third.plans_at(0)
+    assert calls and third.store.hits == 0
+
+
+def test_quick_first_points_are_not_stored_and_are_planned_again(tmp_path):
+    model, x = REFERENCE_NETS["vgg"]()
+    graph = lopinfer.capture(model, (x,))
+    cost = CostModel(flop_costs(graph, 1e9), flop_costs(graph, 2e10), Link(2e6), Link(2e6))
+    book = _book(graph, cost, tmp_path)
+    book.plans_at(0, quick=True)
+    assert not list((tmp_path / "plans").glob("*.json"))
+    book.fill()
+    assert len(list((tmp_path / "plans").glob("*.json"))) == 2 and not book._quick
