@@ -460,7 +460,8 @@ class _Session:
             self._count_upload(size)
         from ..graph.serialize import content_hash, unpack
 
-        weights = msg.weights if not parts else torch.cat(parts).numpy().tobytes()
+        # one copy, chunks straight into the bytes safetensors reads (not cat, then tobytes)
+        weights = msg.weights if not parts else b"".join(p.numpy().data for p in parts)
         parts.clear()
         try:
             graph = await asyncio.to_thread(unpack, msg.graph_json, weights)
