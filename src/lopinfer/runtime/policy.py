@@ -214,6 +214,8 @@ class AdaptivePolicy:
         self.cost = cost
         self.book = book = PlanBook(self.graph, cost, self.objective, self.methods,
                                     grid=self.grid, store=store)
+        if self.choice is not None:
+            book.previous_bandwidth = self.choice.grid_bandwidth
         first = book.nearest(self.link_estimate())
         await asyncio.to_thread(lambda: book.plans_at(first, quick=self.adapt))
         self.store_hits = store.hits if store is not None else 0

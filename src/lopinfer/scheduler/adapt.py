@@ -86,6 +86,8 @@ class PlanBook:
         self._lock = threading.Lock()
         self._hyst: dict[str, Hysteresis] = {}
         self.margin = margin
+        # the grid bandwidth the book this one replaces ran last (None: a first book)
+        self.previous_bandwidth: float | None = None
         self.far = 2  # grid steps to the nearest planned point before one is planned now
         self._quick: set[int] = set()  # points planned under QUICK, to plan again fully
 
@@ -160,7 +162,11 @@ class PlanBook:
         index = ready[k]
         scored = self.plans_at(index)[method]
         grid_bw = self.grid[index]
-        if before is None:
+        if before is None and self.previous_bandwidth is not None:  # a book made again
+            why = ("bandwidth changed" if grid_bw != self.previous_bandwidth
+                   else "re-planned for a peer's new speed")
+            self.previous_bandwidth = None
+        elif before is None:
             why = "first inference"
         elif changed:
             why = "bandwidth changed"
