@@ -4,10 +4,11 @@ A :class:`Connection` encodes frames (header + raw tensor bytes), compresses the
 when LZ4 pays off, queues them under high/low water marks, writes them in order,
 and decodes what arrives, with timeouts on every wait and statistics on all of it.
 
-This module holds the class itself and its lifecycle (opening state, iteration,
-closing); the work is in its bases: :mod:`._conn_send` (send queue and flow
-control), :mod:`._conn_recv` (receive and dispatch), :mod:`._conn_stats`
-(statistics hooks), all on the shared state of :mod:`._conn_state`.
+This module holds the class itself: the switch to the authenticated limits,
+``async for`` and ``async with``, closing, and the state and addresses it reports.
+The work is in its bases: :mod:`._conn_send` (send queue and flow control),
+:mod:`._conn_recv` (receive and dispatch), :mod:`._conn_stats` (statistics hooks),
+all on the shared state of :mod:`._conn_state`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Guarding a byte-stream socket against a peer that stalls or trickles mid-frame.
 
-While a frame is arriving, a timer checks every window (``stall_timeout``, at most
+While a frame is arriving, a timer checks every window (``stall_timeout``; at most
 5 s when ``min_recv_rate`` is set) that bytes still come, and fast enough; a peer
 that fails breaks the stream with a :class:`~lopinfer.errors.TransportTimeoutError`.
 A mixin of :class:`~._sockstream.SocketStream` (and so of the shm:// stream), apart

@@ -1,12 +1,12 @@
-"""Writing to a byte-stream socket: frames out without copies, and waiting for the
-socket to drain.
+"""Writing to a byte-stream socket: frames handed to the transport, and waiting for
+the socket to drain.
 
 A payload goes from the tensor to the transport chunk by chunk as the socket
 drains, and the transport's own buffer is kept small (it pauses us past
-``_WRITE_HIGH``; :meth:`flush` waits for it to empty), so little is copied on the
-way to the kernel. A mixin of
-:class:`~._sockstream.SocketStream` (and so of the shm:// stream): the write path,
-kept apart from reading and from the connection's life cycle.
+``_WRITE_HIGH``; ``flush`` waits for it to empty), so little is copied on the way to
+the kernel. A mixin of :class:`~._sockstream.SocketStream` (and so of the shm://
+stream, which replaces ``send``/``send_nowait`` but drains the same way): the write
+path, kept apart from reading and from the stream's life cycle.
 """
 
 from __future__ import annotations
