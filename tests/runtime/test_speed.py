@@ -65,7 +65,7 @@ def test_a_device_that_slows_down_gets_another_plan(monkeypatch):
 
     before, plans, speed = asyncio.run(main())
     assert plans[-1].name != before.name, [p.name for p in plans]
-    assert len(plans) <= 6  # within a few inferences (3 for the median, and a re-plan)
+    assert len(plans) <= 8  # within a few inferences (5 for the median, and a re-plan)
     assert plans[-1].uses_server()  # a slower device hands the server more of the work
     assert speed.planned["client"] > 4  # the book was made for the slower device
 

@@ -6,7 +6,9 @@ each peer's measured compute seconds are compared with what the cost model predi
 for the same tasks; the factor is the median of the last ``window`` ratios (one slow
 inference, a page fault, a first run's allocations do not move it). When a peer's
 factor leaves the band ``[1 / (1 + margin), 1 + margin]`` around the factor the plan
-book was made with, the book is made again with that peer's costs scaled.
+book was made with (default 1.5x either way: a shared server's speed moves with its
+load, and re-planning on every wobble would flap), the book is made again with that
+peer's costs scaled.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ PEERS = ("client", "server")
 class SpeedTracker:
     """Measured over predicted compute time, per peer, over recent inferences."""
 
-    def __init__(self, window: int = 5, margin: float = 0.3, min_samples: int = 3,
+    def __init__(self, window: int = 7, margin: float = 0.5, min_samples: int = 5,
                  min_predicted_s: float = 1e-4) -> None:
         self.window, self.margin, self.min_samples = window, margin, min_samples
         self.min_predicted_s = min_predicted_s  # less than this: too little work to judge
