@@ -17,12 +17,12 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from ..errors import PlanError
 from ..graph import Graph
-from .builders import cut_plan, local_plan, local_segments, offload_plan, split_plan
+from .builders import cut_plan, local_plan, offload_plan
 from .compile import compile_program
 from .cost import CostModel
 from .energy import Objective, device_energy, score
@@ -30,6 +30,7 @@ from .plan import WHOLE, NodeRows, Plan
 from .program import Program
 from .registry import default_methods, planner, registered
 from .search import Budget, search
+from .search import grid as grid_search
 from .simulator import Prediction, lower_bound, simulate
 
 __all__ = ["Scored", "evaluate", "plan_all", "partition_cost", "plan_key", "plan_lopinfer",
@@ -194,23 +195,6 @@ def plan_dads(graph: Graph, cost: CostModel, objective: Objective) -> Scored:
     return evaluate(graph, plan, cost, objective)
 
 
-def _golden(f: Callable[[float], float], lo: float, hi: float, steps: int = 8) -> float:
-    r = (math.sqrt(5) - 1) / 2
-    a, b = lo, hi
-    c, d = b - r * (b - a), a + r * (b - a)
-    fc, fd = f(c), f(d)
-    for _ in range(steps):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - r * (b - a)
-            fc = f(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + r * (b - a)
-            fd = f(d)
-    return (a + b) / 2
-
-
 @planner("lopinfer", searches=True)
 def plan_lopinfer(graph: Graph, cost: CostModel, objective: Objective,
                   baselines: Iterable[Scored] = (), budget: Budget | None = None) -> Scored:
@@ -245,32 +229,10 @@ def plan_lopinfer_grid(graph: Graph, cost: CostModel, objective: Objective,
         pool.append(s)
         return s
 
-    n = len(graph)
-    best_k = min(pool, key=key).plan.cut if pool else None
-    cuts = sorted(set(range(0, n + 1, max(1, n // 24))) | ({best_k} if best_k is not None else set()))
-    tiles: int | str  # a tile count, then the tile suffix of the best cut's name
-    for tiles in (2, 4, 8):
-        consider(offload_plan(graph, tiles, min_rows=2))
-        for k in cuts:
-            consider(cut_plan(graph, k, tiles, min_rows=2))
-    # refine the best tiled cut around its position
-    top = min(pool, key=key)
-    if top.plan.kind == "cut" and top.plan.cut is not None:
-        k0, t0 = top.plan.cut, top.plan.tiles or 4
-        for k in range(max(0, k0 - n // 24), min(n, k0 + n // 24) + 1):
-            consider(cut_plan(graph, k, t0, min_rows=2))
-    # intra-layer splits of the longest local segments, fraction on a continuous range
-    segments = sorted(local_segments(graph), key=lambda s: s[0] - s[1])[:3]
-    for start, stop in segments:
-        for halo in ("send", "recompute"):
-            for after in ("server", "client"):
-                for tiles in (1, 2, 4):
-                    def f(frac: float, start=start, stop=stop, halo=halo, after=after,
-                          tiles=tiles) -> float:
-                        s = consider(split_plan(graph, frac, start, stop, tiles, halo=halo,
-                                                after=after, min_rows=2))
-                        return math.inf if s is None else key(s)[0] + key(s)[1] * 1e-9
-                    _golden(f, 0.02, 0.98, steps=6)
+    def lat(s: Scored | None) -> float:
+        return math.inf if s is None else key(s)[0] + key(s)[1] * 1e-9
+
+    grid_search(graph, pool, key, consider, lat)  # the very loop the search seeds with
     best = min(pool, key=key)
     return Scored(replace(best.plan, planner="lopinfer-grid", candidates=len(pool),
                           search_s=time.perf_counter() - t0),

@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..errors import PlanError
 from ..graph import Graph, Node
@@ -40,7 +41,7 @@ from .energy import Objective, score
 from .limit import _Model
 from .plan import NodeRows, Plan
 
-__all__ = ["Budget", "SearchStats", "retile", "sqrt_counts", "search"]
+__all__ = ["Budget", "SearchStats", "retile", "sqrt_counts", "search", "grid"]
 
 Interval = tuple[int, int]
 Counts = Callable[[Node, str, int], int]
@@ -179,7 +180,7 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
         return math.inf if s is None else key(s)[0] + key(s)[1] * 1e-9  # type: ignore[arg-type]
 
     if b.grid:
-        _grid(graph, pool, key, consider, lat)
+        grid(graph, pool, key, consider, lat)
         st.log.append(f"grid: {st.candidates} candidates in {time.perf_counter() - t0:.2f}s")
 
     m = _Model(graph, cost)
@@ -299,8 +300,8 @@ def _tile_search(graph: Graph, plan: Plan, cost: CostModel, b: Budget,
     return min(tried.values(), key=lambda t: lat(t[1]))
 
 
-def _grid(graph: Graph, pool: list, key: Callable, consider: Callable[[Plan], object | None],
-          lat: Callable[[object | None], float]) -> None:
+def grid(graph: Graph, pool: list, key: Callable, consider: Callable[[Plan], Any],
+         lat: Callable[[Any], float]) -> None:
     """The previous ``lopinfer`` search, as the seed: cuts x 2, 4, 8 tiles for the whole
     graph, the best cut refined, splits of the 3 longest local segments (fraction by 6
     golden-section steps on the simulator, halos sent or recomputed, the server or the
