@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from deploy_time import vgg19_bn  # torchvision's layers, written out (scripts/)
 from torch import nn
 
 import lopinfer
@@ -33,22 +34,6 @@ from lopinfer.scheduler.search import Budget
 
 LAB = ("kapao", "agrnav", "segment")
 REF = ("vgg", "resnet", "densenet", "mobilenet_v3", "unet")
-
-
-def vgg19_bn(classes: int = 1000) -> nn.Module:
-    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-           512, 512, 512, 512, "M"]
-    layers: list[nn.Module] = []
-    c = 3
-    for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
-            c = int(v)
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten(),
-                         nn.Linear(512 * 49, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-                         nn.Linear(4096, classes)).eval()
 
 
 def load(name: str) -> tuple[nn.Module, torch.Tensor]:
