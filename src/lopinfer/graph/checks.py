@@ -39,6 +39,15 @@ def no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def strict_json(text: str, what: str) -> Any:
+    """``text`` parsed as strict JSON (no duplicate keys, no NaN or Infinity);
+    :class:`DeployError` naming ``what`` when it does not parse."""
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise DeployError(f"{what} does not parse: {first_line(exc)}") from exc
+
+
 def exact_keys(obj: Any, keys: set[str], what: str) -> dict:
     if not isinstance(obj, dict):
         raise DeployError(f"{what} must be an object, got {type(obj).__name__}")
@@ -74,10 +83,7 @@ def check_out_spec(spec: Any, n_outputs: int, limits: GraphLimits) -> str | None
     if not isinstance(spec, str) or len(spec) > limits.max_out_spec_chars:
         raise DeployError(f"out_spec must be null or a string of at most "
                           f"{limits.max_out_spec_chars} characters")
-    try:
-        doc = json.loads(spec, object_pairs_hook=no_duplicate_keys, parse_constant=no_constant)
-    except (ValueError, RecursionError) as exc:
-        raise DeployError(f"out_spec does not parse: {first_line(exc)}") from exc
+    doc = strict_json(spec, "out_spec")
     if not (isinstance(doc, list) and len(doc) == 2 and doc[0] == 1 and type(doc[0]) is int):
         raise DeployError("out_spec must be [1, tree] (pytree protocol 1)")
     leaves = _spec_leaves(doc[1], 0, limits)

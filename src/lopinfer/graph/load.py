@@ -14,7 +14,6 @@ become code (DESIGN.md invariant 2).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -30,8 +29,7 @@ from .checks import (
     check_name,
     check_out_spec,
     exact_keys,
-    no_constant,
-    no_duplicate_keys,
+    strict_json,
 )
 from .format import (
     DEFAULT_LIMITS,
@@ -132,10 +130,7 @@ def _parse(text: Any, limits: GraphLimits) -> dict:
     if len(text) > limits.max_json_bytes:
         raise DeployError(f"graph JSON is {len(text)} characters, over the limit of "
                           f"{limits.max_json_bytes}")
-    try:
-        doc = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=no_constant)
-    except (ValueError, RecursionError) as exc:
-        raise DeployError(f"graph JSON does not parse: {first_line(exc)}") from exc
+    doc = strict_json(text, "graph JSON")
     if not isinstance(doc, dict):
         raise DeployError(f"graph JSON must be an object, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:
