@@ -26,11 +26,13 @@ not counted.
 from __future__ import annotations
 
 import os
+import itertools
 import threading
 import time
+import weakref
 from collections.abc import Hashable
 
-__all__ = ["COMPUTE", "CPU", "FREEZE", "stretched", "set_stretch", "factor"]
+__all__ = ["COMPUTE", "CPU", "FREEZE", "stretched", "set_stretch", "factor", "token"]
 
 COMPUTE, CPU = "compute", "cpu"
 
@@ -50,6 +52,24 @@ _GAP_S = 0.01  # a gap this short between two stretches is the same burst of wor
 FREEZE = 3  # measurements of a key before its reference CPU time is fixed
 _best: dict[Hashable, tuple[float, int]] = {}  # key -> (least CPU seconds, measurements)
 _MAX_KEYS = 1 << 18
+
+
+_tokens: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+_next_token = itertools.count()
+_tokens_lock = threading.Lock()
+
+
+def token(owner: object) -> int:
+    """A number naming ``owner`` (a graph) in work keys, never given to another object.
+
+    ``id()`` is not enough: a graph freed in one test and a new one allocated at the same
+    address would inherit its frozen reference CPU times, and the new graph's work would
+    be stretched from another model's costs."""
+    with _tokens_lock:
+        t = _tokens.get(owner)
+        if t is None:
+            t = _tokens[owner] = next(_next_token)
+        return t
 
 
 def set_stretch(compute: float | None = None, cpu: float | None = None) -> None:

@@ -21,7 +21,7 @@ from ..graph import Graph, Kernel
 from ..log import logger
 from ..scheduler.builders import TileSpec, local_plan, partition
 from ..scheduler.plan import Plan
-from ..steady import COMPUTE, stretched
+from ..steady import COMPUTE, stretched, token
 from .program import Bound, Task, compile_plan
 
 __all__ = ["TiledExecutor", "Task", "partition", "run_tiled", "TileSpec", "check_inputs",
@@ -99,7 +99,7 @@ class TiledExecutor:
         for tid, x in zip(self.program.inputs, inputs):
             store[tid] = x
         clock = time.perf_counter
-        gid = id(self.graph)
+        gid = token(self.graph)  # not id(): addresses are reused
         with torch.inference_mode():
             for t, fn, readers, frees in self.steps:
                 r0 = clock()

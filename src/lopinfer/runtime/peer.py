@@ -28,7 +28,7 @@ import torch
 from ..errors import ProtocolError
 from ..log import logger
 from ..scheduler.order import ReadyQueue
-from ..steady import COMPUTE, stretched
+from ..steady import COMPUTE, stretched, token
 from .accounting import WAIT_BUCKETS, Histogram
 from .program import Bound, Task
 
@@ -101,7 +101,7 @@ class PeerRun:
                 if ev is not None:
                     self.copier.wait(ev, self.store[d])
         # the steady device (lopinfer.steady): free unless this process is one
-        with torch.inference_mode(), stretched(COMPUTE, (id(self.program.graph), t.kind, t.value, t.a, t.b)):
+        with torch.inference_mode(), stretched(COMPUTE, (token(self.program.graph), t.kind, t.value, t.a, t.b)):
             xs = [r(self.store) for r in self.program.readers[t.id]]
             fn = self.program.fns[t.id]
             assert fn is not None  # only input tasks have none, and they are never run
