@@ -25,8 +25,8 @@ not counted.
 
 from __future__ import annotations
 
-import os
 import itertools
+import os
 import threading
 import time
 import weakref
