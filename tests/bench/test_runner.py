@@ -62,3 +62,17 @@ def test_scenarios_parse_and_sample_traces():
     assert all(0.05e6 <= r <= 80e6 for r in indoor["rates"])
     with pytest.raises(SystemExit, match="unknown scenario"):
         scenarios("moon-base", 1)
+
+
+def test_bench_methods_come_from_the_registry():
+    import argparse
+
+    from lopinfer.bench.runner import add_arguments
+    from lopinfer.scheduler.registry import default_methods, methods
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args([])
+    assert args.methods.split(",") == list(default_methods())
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["methods"].endswith(",".join(methods()))

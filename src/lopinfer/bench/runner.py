@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..scheduler.registry import default_methods
+from ..scheduler.registry import methods as registered_methods
+
 SEED_GPU_VGG19_BN_S = 4.8e-3  # the research testbed's server, vgg19_bn, batch 1
 SEED_DEVICE_SLOWDOWN = 18.0  # its robot: 87 ms for the same model
 SEED_MODEL = "torchvision:vgg19_bn"
@@ -38,7 +41,6 @@ SEED_MODEL = "torchvision:vgg19_bn"
 # CPU-side work (frame codec, LZ4) is than the server's, beyond the dilation.
 SEED_DEVICE_CPU_SLOWDOWN = 4.0
 TRACE_DIR = Path(__file__).resolve().parent / "data"  # shipped with the package
-METHODS = ("local", "offload", "neurosurgeon", "dads", "lopinfer")
 
 __all__ = ["add_arguments", "run_args", "calibrate", "scenarios"]
 
@@ -46,8 +48,8 @@ __all__ = ["add_arguments", "run_args", "calibrate", "scenarios"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="torchvision:vgg19_bn",
                    help="comma-separated MODEL specs (torchvision:NAME, timm:NAME, module:factory, file.py:factory)")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help="comma-separated: local,offload,neurosurgeon,dads,lopinfer,lopinfer-energy")
+    p.add_argument("--methods", default=",".join(default_methods()),
+                   help="comma-separated, of: " + ",".join(registered_methods()))
     p.add_argument("--scenario", default="fixed:11MB/s",
                    help="comma-separated: fixed:RATE (seed-equivalent), seed-indoor, seed-outdoor")
     p.add_argument("--repeats", type=int, default=3, help="inferences per method and scenario")
@@ -189,6 +191,10 @@ def run_args(args: argparse.Namespace) -> int:
     records_path.unlink(missing_ok=True)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in registered_methods()]
+    if unknown:
+        raise SystemExit(f"bench: unknown method {', '.join(unknown)} "
+                         f"(known: {', '.join(registered_methods())})")
     scens = scenarios(args.scenario, args.repeats)
     ok, why = edgelab.available()
     use_lab = args.lab == "edgelab" or (args.lab == "auto" and ok)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,12 @@ def load_models(folder: str | Path) -> dict:
 async def serve(urls: list[str], *, device: str = "cpu", token: str | None = None,
                 models: dict | None = None, grace: float = 10.0, name: str = "lopinfer",
                 ready: asyncio.Event | None = None, http: str | None = None,
-                limits: ServerLimits | None = None, ssl: Any = None) -> None:
+                limits: ServerLimits | None = None, ssl: Any = None,
+                announce: Callable[[str], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or until the task is cancelled); ``http`` is a
-    HOST:PORT for ``/healthz``, ``/readyz`` and ``/metrics``."""
+    HOST:PORT for ``/healthz``, ``/readyz`` and ``/metrics``; ``announce`` is told
+    ``LOPINFER_LISTENING URL`` and ``LOPINFER_HTTP URL`` (the command prints them: a
+    parent process reads its server's ports from them)."""
     from .http import HttpEndpoint
 
     server = Server(device=device, token=token, models=models, name=name, limits=limits)
@@ -74,12 +78,15 @@ async def serve(urls: list[str], *, device: str = "cpu", token: str | None = Non
             pass
     try:
         for url in await server.start(*urls, **({"ssl": ssl} if ssl is not None else {})):
-            print(f"LOPINFER_LISTENING {url}", flush=True)
+            log.info("listening on %s", url, extra={"event": "listen", "url": url})
+            if announce is not None:
+                announce(f"LOPINFER_LISTENING {url}")
         if endpoint is not None and http:
             url = await endpoint.start(http)
             log.info("health and metrics on %s/healthz /readyz /metrics", url,
                      extra={"event": "listen", "url": url})
-            print(f"LOPINFER_HTTP {url}", flush=True)
+            if announce is not None:
+                announce(f"LOPINFER_HTTP {url}")
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -193,11 +200,17 @@ def run_args(args: argparse.Namespace) -> int:
         from ..transports import run
 
         run(serve(args.listen or ["tcp://0.0.0.0:7700"], device=args.device, token=token,
-                  models=models, grace=args.grace, http=args.http, limits=limits, ssl=ssl))
+                  models=models, grace=args.grace, http=args.http, limits=limits, ssl=ssl,
+                  announce=_stdout_line))
     except (LopInferError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 2
     return 0
+
+
+def _stdout_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
