@@ -40,6 +40,8 @@ from .cost import CostModel
 from .energy import Objective, score
 from .limit import _Model
 from .plan import NodeRows, Plan
+from .wavefront import align, prefix_edges
+from .wavefront import merged as _merged
 
 __all__ = ["Budget", "SearchStats", "retile", "sqrt_counts", "search", "grid"]
 
@@ -57,6 +59,7 @@ class Budget:
     max_runs: int = 3  # local runs whose sub-runs are split
     points: int = 4  # positions per run between which sub-runs are split
     grid: bool = True  # seed with the previous grid search's candidates (never worse)
+    wavefronts: int = 3  # assignments (best bounds first) also tried with wavefront tiles
 
 
 @dataclass
@@ -100,18 +103,6 @@ def retile(graph: Graph, plan: Plan, counts: Counts, *, min_rows: int = 1,
             edges[ref] = tuple(partition(meta.shape[d], in_tiles[ref], min_rows))
     return replace(plan, name=name or f"{plan.name}~retiled", nodes=nodes, input_edges=edges,
                    tiles=None)
-
-
-def _merged(iv: Iterable[Interval]) -> list[Interval]:
-    out: list[Interval] = []
-    for a, b in sorted(iv):
-        if a == b:
-            continue
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
 
 
 def _pairs(edges: list[int]) -> list[Interval]:
@@ -238,28 +229,31 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
     st.log.append(f"{len(cands)} assignments bounded in {time.perf_counter() - t0:.2f}s")
 
     # -- 2./3. branch and bound, tiles per node ---------------------------------------
-    explored: list[tuple[float, Plan, Callable[[float], Plan] | None, tuple[str, Counts, int]]] = []
+    explored: list[tuple[float, Plan, Callable[[float], Plan] | None, Tiling]] = []
+    waves = _Wavefronts(graph)
     for i, (bd, plan, refit) in enumerate(cands):
         if latency_only and best is not None and bd >= key(best)[0]:
             st.pruned += len(cands) - i
             break
         if out_of_budget():
             break
-        tiling, top = _tile_search(graph, plan, cost, b, consider, lat)
+        # wavefront tilings for the first few assignments (in bound order): they are the
+        # costliest candidates to simulate, and must not eat the budget of the rest
+        tiling, top = _tile_search(graph, plan, cost, b, consider, lat,
+                                   waves if i < b.wavefronts else None)
         explored.append((lat(top), plan, refit, tiling))
 
     # -- 4. fractions by the simulator for the best splits ----------------------------
     splits = sorted((e for e in explored if e[2] is not None), key=lambda e: e[0])[:2]
-    for _, plan, refit, (label, counts, min_rows) in splits:
+    for _, plan, refit, (label, tile) in splits:
         if out_of_budget():
             break
         assert refit is not None and plan.split is not None
         f0 = plan.split.fraction
 
-        def g(x: float, refit=refit, counts=counts, label=label, min_rows=min_rows) -> float:
+        def g(x: float, refit=refit, tile=tile, label=label) -> float:
             p = refit(x)
-            return lat(consider(retile(graph, p, counts, min_rows=min_rows,
-                                       name=f"{p.name}~{label}")))
+            return lat(consider(tile(p, f"{p.name}~{label}")))
         try:
             _golden(g, max(0.01, f0 - 0.2), min(0.99, f0 + 0.2), steps=5)
         except PlanError:
@@ -270,33 +264,66 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
     return best, st
 
 
+Tiling = tuple[str, Callable[[Plan, str], Plan]]  # label, (assignment, name) -> tiled plan
+
+
+class _Wavefronts:
+    """Wavefront edges per input piece count, computed once per search."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.edges: dict[int, dict[str, list[int]]] = {}
+
+    def tiling(self, steps: int) -> Tiling:
+        def tile(plan: Plan, name: str) -> Plan:
+            if steps not in self.edges:
+                self.edges[steps] = prefix_edges(self.graph, steps)
+            return align(self.graph, plan, steps, name=name, edges=self.edges[steps])
+
+        return f"w{steps}", tile
+
+
 def _tile_search(graph: Graph, plan: Plan, cost: CostModel, b: Budget,
                  consider: Callable[[Plan], object | None],
                  lat: Callable[[object | None], float],
-                 ) -> tuple[tuple[str, Counts, int], object | None]:
+                 waves: _Wavefronts | None = None,
+                 ) -> tuple[Tiling, object | None]:
     """The best tiling of one assignment: uniform 1 and 4 tiles,
     then per-node counts ``alpha * sqrt(work / per-tile cost)`` with alpha from 1
-    outwards on a log2 grid while it improves. Returns ((label, counts, min_rows), its
-    Scored)."""
-    tried: dict[str, tuple[tuple[str, Counts, int], object | None]] = {}
+    outwards on a log2 grid while it improves, then tiles aligned with the wavefront of
+    an input in 4, 8, 16, ... pieces while that improves (:mod:`.wavefront`). Returns
+    ((label, tiler), its Scored)."""
+    tried: dict[str, tuple[Tiling, object | None]] = {}
 
-    def at(label: str, counts: Counts, min_rows: int) -> float:
-        s = consider(retile(graph, plan, counts, min_rows=min_rows, name=f"{plan.name}~{label}"))
-        tried[label] = ((label, counts, min_rows), s)
+    def counted(counts: Counts, min_rows: int) -> Callable[[Plan, str], Plan]:
+        return lambda p, name: retile(graph, p, counts, min_rows=min_rows, name=name)
+
+    def at(label: str, tile: Callable[[Plan, str], Plan]) -> float:
+        s = consider(tile(plan, f"{plan.name}~{label}"))
+        tried[label] = ((label, tile), s)
         return lat(s)
 
     for k in (1, 4):
-        at(f"t{k}", _uniform(k), 2)
-    seen = {1.0: at("a1", sqrt_counts(cost, 1.0, b.max_tiles), 1)}
+        at(f"t{k}", counted(_uniform(k), 2))
+    seen = {1.0: at("a1", counted(sqrt_counts(cost, 1.0, b.max_tiles), 1))}
     for direction in (2.0, 0.5):
         a = 1.0
         while 1 / 8 <= a * direction <= 16:
             a *= direction
-            seen[a] = at(f"a{a:g}", sqrt_counts(cost, a, b.max_tiles), 1)
+            seen[a] = at(f"a{a:g}", counted(sqrt_counts(cost, a, b.max_tiles), 1))
             if seen[a] >= seen[a / direction]:
                 break
         if len(seen) > 2:  # the first direction improved: no need to try the other
             break
+    if waves is not None and plan.uses_server():
+        # streamed plans: tiles that are ready with each input piece (no lag per layer)
+        prev = math.inf
+        for steps in (4, 8, 12, 16, 24):
+            label, tile = waves.tiling(steps)
+            now = at(label, tile)
+            if now >= prev:
+                break
+            prev = now
     return min(tried.values(), key=lambda t: lat(t[1]))
 
 
