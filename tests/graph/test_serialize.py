@@ -424,3 +424,32 @@ def test_torchvision_round_trip(name):
     assert [n.local for n in loaded] == [n.local for n in graph]
     if VISION[name] <= 128:
         assert_exact(TiledExecutor(loaded, 4)(x), reference(model, x))
+
+
+def test_weights_blob_is_safetensors_read_by_safetensors_itself():
+    """The writer is ours (one buffer); the reader, on the untrusted side, is safetensors':
+    every dtype of the format's table, empty and 0-d tensors, and the library's own save
+    read back the same."""
+    import safetensors.torch
+
+    from lopinfer.graph.format import DTYPES
+    from lopinfer.graph.serialize import weights_blob
+
+    model, x = REFERENCE_NETS["vgg"]()
+    g = lopinfer.capture(model, (x,))
+    extra = {}
+    for i, dt in enumerate(DTYPES.values()):
+        t = (torch.arange(7 + i) % 3).to(dt).reshape(-1) if dt != torch.bool else (
+            torch.arange(5) % 2 == 0)
+        extra[f"extra_{i}"] = t
+    extra["empty"] = torch.zeros(0, 3)
+    extra["scalar"] = torch.tensor(2.5, dtype=torch.float64)
+    g.params.update(extra)
+    blob = weights_blob(g)
+    back = safetensors.torch.load(blob.numpy().tobytes())
+    assert set(back) == set(g.params)
+    for name, t in g.params.items():
+        assert back[name].dtype == t.dtype and back[name].shape == t.shape
+        assert torch.equal(back[name], t.detach()), name
+    ours = safetensors.torch.load(safetensors.torch.save(dict(g.params)))
+    assert all(torch.equal(ours[k], back[k]) for k in back)

@@ -87,13 +87,13 @@ def test_a_client_whose_hash_does_not_match_gets_a_deploy_error(monkeypatch):
     import lopinfer.graph.serialize as ser
 
     a, _, x = _twin()
-    honest = ser.pack
+    honest = ser.pack_blob
 
     def lying_pack(graph, **kw):
         text, weights, digest = honest(graph, **kw)
         return text, weights, "0" * 64
 
-    monkeypatch.setattr(ser, "pack", lying_pack)
+    monkeypatch.setattr(ser, "pack_blob", lying_pack)
 
     async def main():
         async with Server() as server:

@@ -8,8 +8,6 @@ import asyncio
 import itertools
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ..errors import UnknownDeploymentError
 from ..graph import Graph
 from ..scheduler.plan import Plan
@@ -30,7 +28,7 @@ async def upload_graph(client: Client, graph: Graph) -> Deployed:
         DeployError: the server refused the graph (a limit, a hash that does not match).
         ConnectError, TransportError: the connection failed.
     """
-    from ..graph.serialize import content_hash, pack
+    from ..graph.serialize import content_hash, pack_blob
 
     # the hash first (remembered per graph): a server that has the model needs no more
     digest = await asyncio.to_thread(content_hash, graph)
@@ -40,17 +38,18 @@ async def upload_graph(client: Client, graph: Graph) -> Deployed:
         return reply
     except UnknownDeploymentError:
         pass  # the content goes up
-    text, weights, digest = await asyncio.to_thread(pack, graph)
-    if len(weights) <= WEIGHTS_CHUNK:
+    # one buffer, its slices sent as they are (no copy to bytes for a large model)
+    text, blob, digest = await asyncio.to_thread(pack_blob, graph)
+    size = blob.numel()
+    if size <= WEIGHTS_CHUNK:
         return await client.request(Deploy(graph_json=text, content_hash=digest,
-                                           weights=weights), Deployed)
-    blob = torch.frombuffer(bytearray(weights), dtype=torch.uint8)
-    chunks = range(0, len(weights), WEIGHTS_CHUNK)
+                                           weights=blob.numpy().tobytes()), Deployed)
+    chunks = range(0, size, WEIGHTS_CHUNK)
     for i, a in enumerate(chunks):
         await client.send_frame(Frame(tensor=blob[a:a + WEIGHTS_CHUNK], kind=FRAME_WEIGHTS,
                                       tensor_id=i))
     return await client.request(Deploy(graph_json=text, content_hash=digest,
-                                       weights_chunks=len(chunks), weights_size=len(weights)),
+                                       weights_chunks=len(chunks), weights_size=size),
                                 Deployed)
 
 
