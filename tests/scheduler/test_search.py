@@ -71,3 +71,21 @@ def test_chosen_and_retiled_plans_run_exact(net):
             plan = retile(g, base, sqrt_counts(cm, alpha), name=f"{base.name}~a{alpha}")
             assert plan.nodes != base.nodes or alpha == 1.0
             assert_exact(TiledExecutor(g, plan=plan)(x), ref)
+
+
+def test_time_paused_at_checkpoints_is_not_counted(net):
+    """A background search pauses while inferences run (Budget.checkpoint); the seconds
+    it reports waiting do not eat its time budget."""
+    _, _, g, client, server = net
+    cm = CostModel(client, server, Link(1e6), Link(1e6))
+    calls = []
+
+    def paused_long() -> float:
+        calls.append(1)
+        return 1000.0  # as if it had waited that long
+
+    quick = plan_all(g, cm, budget=Budget(candidates=30, seconds=0.0))["lopinfer"]
+    held = plan_all(g, cm, budget=Budget(candidates=30, seconds=0.0,
+                                         checkpoint=paused_long))["lopinfer"]
+    assert quick.plan.candidates < held.plan.candidates == 30
+    assert len(calls) >= held.plan.candidates - 5  # before each candidate (baselines aside)

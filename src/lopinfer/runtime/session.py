@@ -32,7 +32,7 @@ from ..scheduler.link import LinkEstimator
 from ..scheduler.plan import Plan
 from .deploy import ServerPlans, upload_graph
 from .executor import TiledExecutor, check_inputs, pack_outputs
-from .policy import AdaptivePolicy
+from .policy import FOREGROUND, AdaptivePolicy
 from .program import Bound, compile_plan
 from .remote import run_remote
 from .report import Report, busy_s, timeline
@@ -265,6 +265,10 @@ class Session:
             ConnectError, TransportError: strict, and the inference would run locally.
         """
         check_inputs(self.graph, inputs)
+        with FOREGROUND.busy():  # background planning in this process waits meanwhile
+            return await self._infer(inputs)
+
+    async def _infer(self, inputs: tuple[torch.Tensor, ...]) -> Any:
         async with self._lock:
             await self._follow_model(inputs)
             if self.refused:  # the server will not run this model: never upload it again

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -90,6 +90,9 @@ class PlanBook:
         self.previous_bandwidth: float | None = None
         self.far = 2  # grid steps to the nearest planned point before one is planned now
         self._quick: set[int] = set()  # points planned under QUICK, to plan again fully
+        # a full search's pause point (Budget.checkpoint): set for a book filled in the
+        # background, so that it yields to the process's inferences
+        self.checkpoint: Callable[[], float] | None = None
 
     def cost_at(self, up: float) -> CostModel:
         return self.cost.with_bandwidth(up, up * self.ratio)
@@ -106,8 +109,9 @@ class PlanBook:
         plans = self.store.get(self.grid[index]) if self.store is not None else None
         stored = plans is not None
         if plans is None:  # (the methods are in the store's key)
+            full = None if self.checkpoint is None else Budget(checkpoint=self.checkpoint)
             plans = plan_all(self.graph, cost, self.objective, self.methods,
-                             budget=QUICK if quick else None)
+                             budget=QUICK if quick else full)
             if self.store is not None and not quick:
                 self.store.put(self.grid[index], plans)
         with self._lock:

@@ -270,6 +270,8 @@ def plan_all(graph: Graph, cost: CostModel, objective: Objective | str = "latenc
     out: dict[str, Scored] = {}
     for name in wanted:
         if not infos[name].searches:
+            if budget is not None and budget.checkpoint is not None:
+                budget.checkpoint()  # a background book yields between planners too
             try:
                 out[name] = infos[name].fn(graph, cost, obj)
             except PlanError:

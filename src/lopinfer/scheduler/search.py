@@ -60,6 +60,9 @@ class Budget:
     points: int = 4  # positions per run between which sub-runs are split
     grid: bool = True  # seed with the previous grid search's candidates (never worse)
     wavefronts: int = 3  # assignments (best bounds first) also tried with wavefront tiles
+    # called before each candidate; returns the seconds it waited (not counted against
+    # ``seconds``): a background search pauses while the process runs inferences
+    checkpoint: Callable[[], float] | None = None
 
 
 @dataclass
@@ -147,14 +150,18 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
     best = min(pool, key=key) if pool else None
     latency_only = objective.kind == "latency"
 
+    paused = 0.0
+
     def out_of_budget() -> bool:
-        if st.candidates >= b.candidates or time.perf_counter() - t0 > b.seconds:
+        if st.candidates >= b.candidates or time.perf_counter() - t0 - paused > b.seconds:
             st.exhausted = True
             return True
         return False
 
     def consider(plan: Plan) -> object | None:
-        nonlocal best
+        nonlocal best, paused
+        if b.checkpoint is not None:
+            paused += b.checkpoint()
         if out_of_budget():
             return None
         try:
