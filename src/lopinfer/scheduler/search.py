@@ -14,7 +14,9 @@ tiles sized per node, split fractions refined by the simulator, under a budget.
    ``alpha * sqrt(work / per-tile cost)`` tiles (its rows' seconds over the node's fixed
    per-call cost plus, where its rows cross, the link's per-frame cost), capped at
    ``max_tiles``; ``alpha`` is searched on a log2 grid by the simulator, from 1 outwards
-   while it improves. Uniform counts 1 and 4 are tried too.
+   while it improves. Uniform counts 1 and 4 are tried too. The first
+   ``Budget.wavefronts`` assignments also get tiles aligned with the wavefront of an
+   input in 4, 8, 12, ... pieces (:mod:`.wavefront`) while that improves.
 4. **Fractions**: the best split assignments' fractions are refined by golden-section
    search on the simulated latency (with their best ``alpha``).
 
@@ -238,14 +240,14 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
     # -- 2./3. branch and bound, tiles per node ---------------------------------------
     explored: list[tuple[float, Plan, Callable[[float], Plan] | None, Tiling]] = []
     waves = _Wavefronts(graph)
+    # assignments in bound order while their bound can beat the best; the first few
+    # also get wavefront tiles (the costliest candidates to simulate: only these)
     for i, (bd, plan, refit) in enumerate(cands):
         if latency_only and best is not None and bd >= key(best)[0]:
             st.pruned += len(cands) - i
             break
         if out_of_budget():
             break
-        # wavefront tilings for the first few assignments (in bound order): they are the
-        # costliest candidates to simulate, and must not eat the budget of the rest
         tiling, top = _tile_search(graph, plan, cost, b, consider, lat,
                                    waves if i < b.wavefronts else None)
         explored.append((lat(top), plan, refit, tiling))
