@@ -55,12 +55,17 @@ def test_a_device_that_slows_down_gets_another_plan(monkeypatch):
             before = session.plan
             monkeypatch.setattr("lopinfer.runtime.executor.stretched", _Slower)
             monkeypatch.setattr("lopinfer.runtime.peer.stretched", _Slower)
-            plans = []
+            plans, stalls = [], []
             for _ in range(12):
+                t0 = time.perf_counter()
                 assert_exact(await session.infer(x), ref)
+                stalls.append(time.perf_counter() - t0)
                 plans.append(session.plan)
                 if session.plan is not None and session.plan.name != before.name:
                     break
+                # the re-plan runs in the background; a robot's loop would go on
+                # inferring meanwhile, on the old plan (its latency stays its own)
+                await session.policy.replanned()
             return before, plans, session.policy.speed
 
     before, plans, speed = asyncio.run(main())
@@ -96,3 +101,45 @@ def test_reported_bounds_never_exceed_the_measured_latency():
         assert r.predicted_s is not None and r.plan_bound_s is not None
         assert 0 < r.plan_bound_s <= r.latency_s
         assert r.limit_s is None or r.limit_s <= r.plan_bound_s
+
+
+def test_a_replan_runs_in_the_background_and_the_old_plan_keeps_serving(monkeypatch):
+    """While the book for a peer's new speed is planned, inferences do not wait for it:
+    they run the current plan, exact, and the new book is used once it is ready."""
+    import threading
+
+    from lopinfer.scheduler import adapt
+
+    model, x = REFERENCE_NETS["vgg"]()
+    ref = reference(model, x)
+    gate = threading.Event()
+    real = adapt.PlanBook.plans_at
+
+    def slow_plans_at(self, index, *, quick=False):  # the re-plan's first point waits
+        if quick:
+            gate.wait(10)
+        return real(self, index, quick=quick)
+
+    async def main():
+        async with loopback("tcp", link_shape=LinkShape(30e6, 30e6, latency=0.0005)) as client:
+            session = await client.deploy(model, (x,))
+            assert_exact(await session.infer(x), ref)
+            book = session.policy.book
+            monkeypatch.setattr(adapt.PlanBook, "plans_at", slow_plans_at)
+            base = session.policy.base_cost
+            session.policy._pending_costs = type(base)(
+                base.client.scaled(3.0), base.server, base.up, base.down, dict(base.info),
+                base.compression)  # as observe() leaves it when the device slowed 3x
+            t0 = time.perf_counter()
+            for _ in range(3):  # the re-plan is blocked: these run the old book's plan
+                assert_exact(await session.infer(x), ref)
+            took = time.perf_counter() - t0
+            still = session.policy.book is book
+            gate.set()
+            await session.policy.replanned()
+            assert_exact(await session.infer(x), ref)
+            return took, still, session.policy.book is not book
+
+    took, still, replaced = asyncio.run(main())
+    assert still and replaced
+    assert took < 5.0  # not held up by the blocked planner (it waits up to 10 s)

@@ -177,6 +177,7 @@ class AdaptivePolicy:
         self.graph_hash: str | None = None  # the deploy's content hash: keys stored books
         self.speed = SpeedTracker()
         self._pending_costs: CostModel | None = None
+        self._replan: asyncio.Task | None = None  # a book being made for a new speed
         self.store_hits = 0
         self.timings: dict[str, float] = {}
         self._warm: set[int] = set()  # programs run once already
@@ -186,7 +187,7 @@ class AdaptivePolicy:
         """Forget what was planned: ``graph`` has another structure (the estimators
         stay: the link did not change with the model)."""
         self.graph = graph
-        self._fill_stop.set()
+        self._fill_stop.set()  # also drops a re-plan in progress (it checks it)
         self.book, self.cost, self.choice, self.base_cost = None, None, None, None
         self.graph_hash, self._pending_costs = None, None
 
@@ -249,25 +250,28 @@ class AdaptivePolicy:
 
     async def _new_book(self, cost: CostModel, progress: bool = False) -> None:
         """A plan book for ``cost``: the grid point nearest the estimate now (what the
-        next inference runs), the others in the background at low priority."""
+        next inference runs), the others in the background at low priority. The book
+        in use until then stays in use (it is replaced once the first point is ready)."""
         from ..scheduler.adapt import PlanBook
         from ..scheduler.bookstore import BookStore, book_key
 
         self._fill_stop.set()  # an older book's filling is of no use any more
-        self._fill_stop = threading.Event()
+        self._fill_stop = stop = threading.Event()
         store = None
         if self.graph_hash is not None:
             store = BookStore(book_key(self.graph_hash, cost, self.objective, self.methods))
-        self.cost = cost
-        self.book = book = PlanBook(self.graph, cost, self.objective, self.methods,
-                                    grid=self.grid, store=store)
+        book = PlanBook(self.graph, cost, self.objective, self.methods, grid=self.grid,
+                        store=store)
         if self.choice is not None:
             book.previous_bandwidth = self.choice.grid_bandwidth
-        first = book.nearest(self.link_estimate())
+        first = book.nearest(self.link_estimate(cost))
         await asyncio.to_thread(lambda: book.plans_at(first, quick=self.adapt))
+        if stop.is_set():  # reset or closed meanwhile: this book is of no use
+            return
+        self.cost, self.book = cost, book
         self.store_hits = store.hits if store is not None else 0
         if self.adapt:
-            _start_filler(book, self._fill_stop, progress, self.limits)
+            _start_filler(book, stop, progress, self.limits)
 
     def observe(self, report: Report, program: Bound | None) -> bool:
         """Compare this inference's compute spans with what the profile predicted; when
@@ -304,10 +308,26 @@ class AdaptivePolicy:
         return True
 
     async def replan_if_needed(self) -> None:
-        """Make the book a peer's new speed asked for (between inferences)."""
+        """Start making the book a peer's new speed asked for, in the background: the
+        inferences meanwhile run the current book's plans (planning its first point
+        took 0.2-1.7 s on the test VGG, a stall no robot loop should see), and the next
+        choice after it is ready uses the new one."""
+        if self._replan is not None and not self._replan.done():
+            return  # one at a time: a newer speed waits in _pending_costs
         cost, self._pending_costs = self._pending_costs, None
         if cost is not None:
+            self._replan = asyncio.get_running_loop().create_task(self._replan_for(cost))
+
+    async def _replan_for(self, cost: CostModel) -> None:
+        try:
             await self._new_book(cost)
+        except Exception as exc:  # the current book stays: a failed re-plan costs nothing
+            log.warning("re-planning for a peer's new speed failed: %s", exc)
+
+    async def replanned(self) -> None:
+        """Wait for a re-plan in progress (tests, benchmarks)."""
+        if self._replan is not None:
+            await asyncio.shield(self._replan)
 
     async def choose(self, *, force: bool = False) -> Plan | None:
         """The plan for the current bandwidth estimate, or None when not adapting."""
@@ -357,11 +377,13 @@ class AdaptivePolicy:
         self.feed(probe.up_samples, probe.down_samples)
         self.last_link_sample = time.monotonic()
 
-    def link_estimate(self) -> float:
+    def link_estimate(self, cost: CostModel | None = None) -> float:
         """The up bandwidth the plans are chosen by: each direction's estimate relative
-        to the deploy-time probe, the worse of the two (a link degrades both ways)."""
-        assert self.cost is not None
-        probe_up, probe_down = self.cost.up.bandwidth, self.cost.down.bandwidth
+        to the deploy-time probe (``cost``'s links, default the book's), the worse of
+        the two (a link degrades both ways)."""
+        cost = cost or self.cost
+        assert cost is not None
+        probe_up, probe_down = cost.up.bandwidth, cost.down.bandwidth
         f_up = (self.up.bandwidth or probe_up) / probe_up
         f_down = (self.down.bandwidth or probe_down) / probe_down
         return probe_up * min(f_up, f_down)
