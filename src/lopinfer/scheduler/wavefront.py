@@ -48,7 +48,6 @@ def prefix_edges(graph: Graph, steps: Steps) -> dict[str, list[int]]:
     steps = _count(steps)
     avail: dict[str, list[int]] = {}  # value -> rows available after each step
     dim: dict[str, int] = {}
-    size: dict[str, int] = {}
     done: dict[str, list[bool]] = {}  # value -> complete after each step
     for ref, meta in graph.inputs.items():
         d = _input_dim(graph, ref)
@@ -57,8 +56,8 @@ def prefix_edges(graph: Graph, steps: Steps) -> dict[str, list[int]]:
             continue
         edges = partition(meta.shape[d], pieces)
         edges += [edges[-1]] * (steps + 1 - len(edges))  # fewer rows than pieces
-        avail[ref], dim[ref], size[ref] = edges[1:], d, meta.shape[d]
-        done[ref] = [e == size[ref] for e in edges[1:]]
+        avail[ref], dim[ref] = edges[1:], d
+        done[ref] = [e == meta.shape[d] for e in edges[1:]]
     for n in graph:
         loc = n.locality
         refs = [r for r in n.refs() if r in done]  # parameters: always there
@@ -71,14 +70,15 @@ def prefix_edges(graph: Graph, steps: Steps) -> dict[str, list[int]]:
             if any(d.dim is None and d.ref in done and not done[d.ref][k] for d in loc.deps):
                 rows.append(p)
                 continue
-            p = _largest(loc, p, k, avail, dim, size, done)
+            if p < loc.size:  # complete already: nothing more to find
+                p = _largest(loc, p, k, avail, dim, done)
             rows.append(p)
-        avail[n.name], dim[n.name], size[n.name] = rows, loc.dim, loc.size
+        avail[n.name], dim[n.name] = rows, loc.dim
         done[n.name] = [r == loc.size for r in rows]
     return avail
 
 
-def _ok(loc, q: int, k: int, avail, dim, size, done) -> bool:  # type: ignore[no-untyped-def]
+def _ok(loc, q: int, k: int, avail, dim, done) -> bool:  # type: ignore[no-untyped-def]
     for d, iv in zip(loc.deps, loc.need(0, q)):
         if iv is None or d.ref not in done or done[d.ref][k]:
             continue
@@ -89,14 +89,14 @@ def _ok(loc, q: int, k: int, avail, dim, size, done) -> bool:  # type: ignore[no
     return True
 
 
-def _largest(loc, lo: int, k: int, avail, dim, size, done) -> int:  # type: ignore[no-untyped-def]
+def _largest(loc, lo: int, k: int, avail, dim, done) -> int:  # type: ignore[no-untyped-def]
     """The most rows computable at step ``k`` (at least ``lo``: earlier steps' rows)."""
-    if _ok(loc, loc.size, k, avail, dim, size, done):
+    if _ok(loc, loc.size, k, avail, dim, done):
         return loc.size
     hi = loc.size  # not ok
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _ok(loc, mid, k, avail, dim, size, done):
+        if _ok(loc, mid, k, avail, dim, done):
             lo = mid
         else:
             hi = mid
