@@ -52,7 +52,7 @@ def message_target(data: bytes) -> None:
 def seeds(target: str) -> list[bytes]:
     if target == "message":  # msgpack bodies
         return [encode_message(Hello(token="abc", client_name="fuzz")),
-                encode_message(Deploy(graph_json="{}", content_hash="0" * 64, weights=b"x"))]
+                encode_message(Deploy(graph_json="{}", content_hash="0" * 64, weights_parts=1, weights_size=4))]
     return [encode_frame(Frame(tensor=torch.randn(2, 3, 4), dim=1, row_start=0, row_stop=3)),
             encode_frame(Hello(token="abc", client_name="fuzz"))]
 

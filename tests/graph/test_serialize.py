@@ -453,3 +453,53 @@ def test_weights_blob_is_safetensors_read_by_safetensors_itself():
         assert torch.equal(back[name], t.detach()), name
     ours = safetensors.torch.load(safetensors.torch.save(dict(g.params)))
     assert all(torch.equal(ours[k], back[k]) for k in back)
+
+
+# -- weights as parts (an upload) -----------------------------------------------------------
+def test_parts_round_trip_every_dtype_as_views_of_what_arrived():
+    """Each parameter travels as 1-d parts of its own dtype; the loader keeps a one-part
+    parameter as a view of that part (nothing copied) and joins a split one."""
+    from lopinfer.graph.format import DTYPES
+    from lopinfer.graph.serialize import pack_parts, unpack_parts
+
+    model, x = REFERENCE_NETS["vgg"]()
+    g = lopinfer.capture(model, (x,))
+    for i, dt in enumerate(DTYPES.values()):
+        g.params[f"extra_{i}"] = (torch.arange(7 + i) % 3).to(dt) if dt != torch.bool else (
+            torch.arange(5) % 2 == 0)
+    g.params["empty"] = torch.zeros(0, 3)
+    g.params["scalar"] = torch.tensor(2.5, dtype=torch.float64)
+    for max_bytes in (1 << 30, 64):  # whole, and split into parts of 64 bytes
+        text, parts, digest = pack_parts(g, max_bytes=max_bytes)
+        assert all(p.dim() == 1 and p.numel() * p.element_size() <= max(max_bytes, 8)
+                   for p in parts)
+        received = [p.clone() for p in parts]  # as a server receives them: its own memory
+        back = unpack_parts(text, received, check_shapes=False)
+        assert content_hash(back) == digest
+        for name, t in g.params.items():
+            assert back.params[name].dtype == t.dtype and back.params[name].shape == t.shape
+            assert torch.equal(back.params[name], t.detach()), name
+        if max_bytes == 1 << 30:
+            ptrs = {p.data_ptr() for p in received}
+            assert all(t.data_ptr() in ptrs for t in back.params.values() if t.numel())
+
+
+def test_parts_that_do_not_match_the_graph_are_refused(small):
+    from lopinfer.graph.serialize import pack_parts, unpack_parts
+
+    graph = small[2]
+    text, parts, _ = pack_parts(graph)
+    first = next(iter(graph.params))
+    cases = [
+        (parts[:-1], "weights end after 0 of its"),
+        (parts + [torch.ones(1)], "1 parts more than the graph's"),
+        ([parts[0].double()] + parts[1:], f"parameter {first}: weights part 0 is .*float64"),
+        ([parts[0].reshape(1, -1)] + parts[1:], f"parameter {first}: weights part 0 is"),
+        ([parts[0][:-1]] + parts[1:], f"parameter {first}: weights hold"),
+        ([torch.cat([parts[0], parts[1]])] + parts[2:], f"parameter {first}: weights hold"),
+    ]
+    for bad, match in cases:
+        with pytest.raises(DeployError, match=match):
+            unpack_parts(text, bad)
+    with pytest.raises(DeployError, match="over the limit"):
+        unpack_parts(text, parts, limits=GraphLimits(max_weight_bytes=10))

@@ -287,12 +287,12 @@ def test_cuda_server_is_exact():
     asyncio.run(main())
 
 
-def test_large_weights_travel_in_chunks(monkeypatch):
-    """Weights over a control message's limit go as tensor frames before Deploy; a
-    server's max_model_size bounds them."""
+def test_large_parameters_travel_in_parts(monkeypatch):
+    """A parameter over WEIGHTS_PART goes in several frames, joined on the server; a
+    server's max_model_size bounds the weights."""
     import lopinfer.runtime.deploy as deploy_mod
 
-    monkeypatch.setattr(deploy_mod, "WEIGHTS_CHUNK", 16 << 10)  # several chunks
+    monkeypatch.setattr(deploy_mod, "WEIGHTS_PART", 4 << 10)  # the larger convs split
     model, x = REFERENCE_NETS["resnet"]()
     graph = lopinfer.capture(model, (x,))
 

@@ -21,10 +21,18 @@ import lopinfer
 from adversary import RawPeer, lz4_bomb_frame
 from helpers import assert_exact, reference
 from lopinfer.errors import DeployError, ModelChangedError
-from lopinfer.graph.serialize import pack
+from lopinfer.graph.serialize import pack_parts
 from lopinfer.runtime import Server, connect
 from lopinfer.runtime.limits import ServerLimits, peak_activation_bytes
-from lopinfer.runtime.protocol import Deploy, Deployed, Infer, PlanReady, UsePlan, Welcome
+from lopinfer.runtime.protocol import (
+    FRAME_WEIGHTS,
+    Deploy,
+    Deployed,
+    Infer,
+    PlanReady,
+    UsePlan,
+    Welcome,
+)
 from lopinfer.scheduler import offload_plan
 from lopinfer.transports import Error, Frame
 from nets import REFERENCE_NETS
@@ -50,19 +58,27 @@ def _twin(name: str = "vgg"):
 
 
 # -- 1. verified content addressing -------------------------------------------------------
-async def _raw_deploy(url: str, text: str, digest: str, weights: bytes) -> Error:
+async def _send_deploy(peer: RawPeer, text: str, digest: str, parts: list) -> None:
+    """The weights' parts as frames, then the Deploy naming them (as a client sends)."""
+    for i, part in enumerate(parts):
+        await peer.send(Frame(tensor=part, kind=FRAME_WEIGHTS, tensor_id=i))
+    await peer.send(Deploy(graph_json=text, content_hash=digest, weights_parts=len(parts),
+                           weights_size=sum(p.numel() * p.element_size() for p in parts)))
+
+
+async def _raw_deploy(url: str, text: str, digest: str, parts: list) -> Error:
     """Deploy by hand, as a client that can claim anything; the server's refusal."""
     async with RawPeer(url) as peer:
         assert isinstance(await peer.hello(), Welcome)
-        await peer.send(Deploy(graph_json=text, content_hash=digest, weights=weights))
+        await _send_deploy(peer, text, digest, parts)
         return await peer.recv_until(Error)
 
 
 def test_a_poisoned_deployment_is_refused_and_later_clients_get_their_own_model():
     a, b, x = _twin()
     graph_a, graph_b = lopinfer.capture(a, (x,)), lopinfer.capture(b, (x,))
-    text_a, _, hash_a = pack(graph_a)
-    _, weights_b, _ = pack(graph_b)
+    text_a, _, hash_a = pack_parts(graph_a)
+    _, weights_b, _ = pack_parts(graph_b)
 
     async def main():
         async with Server() as server:
@@ -87,13 +103,13 @@ def test_a_client_whose_hash_does_not_match_gets_a_deploy_error(monkeypatch):
     import lopinfer.graph.serialize as ser
 
     a, _, x = _twin()
-    honest = ser.pack_blob
+    honest = ser.pack_parts
 
     def lying_pack(graph, **kw):
         text, weights, digest = honest(graph, **kw)
         return text, weights, "0" * 64
 
-    monkeypatch.setattr(ser, "pack_blob", lying_pack)
+    monkeypatch.setattr(ser, "pack_parts", lying_pack)
 
     async def main():
         async with Server() as server:
@@ -205,6 +221,34 @@ def test_upload_budgets_refuse_with_a_deploy_error():
     _run(main())
 
 
+def test_a_flood_of_empty_weight_parts_is_bounded_in_bytes():
+    """Each held part costs its bytes plus its objects' overhead: empty frames cannot
+    pile up unbounded, and the server goes on serving others exactly."""
+    a, _, x = _twin()
+    graph = lopinfer.capture(a, (x,))
+
+    from lopinfer.runtime.server_deploy import PART_OVERHEAD
+
+    limit = 2 * sum(t.numel() * t.element_size() + PART_OVERHEAD for t in graph.params.values())
+
+    async def main():
+        async with Server(limits=ServerLimits(max_pending_upload_bytes=limit)) as server:
+            (url,) = await server.start(TCP)
+            async with RawPeer(url) as peer:
+                assert isinstance(await peer.hello(), Welcome)
+                for i in range(limit // PART_OVERHEAD + 1):  # empty, yet over the limit
+                    await peer.send(Frame(tensor=torch.zeros(0), kind=FRAME_WEIGHTS, tensor_id=i))
+                reply = await peer.recv_until(Error)
+                assert "max_pending_upload_bytes" in reply.message
+            assert server.pending_upload == 0
+            async with connect(url, strict=True) as client:
+                session = await client.deploy(a, (x,), plan=offload_plan(graph, 2))
+                assert_exact(await session.infer(x), reference(a, x))
+                assert not session.last_report.fell_back
+
+    _run(main())
+
+
 class _Bomb(torch.nn.Module):
     def forward(self, x):
         return x + torch.full((2**29,), 1.0).sum()
@@ -239,11 +283,11 @@ def test_activation_and_flop_bombs_are_refused_at_deploy():
 
 
 async def _deployed_peer(url: str, graph) -> RawPeer:
-    text, weights, digest = pack(graph)
+    text, weights, digest = pack_parts(graph)
     peer = RawPeer(url)
     await peer.__aenter__()
     assert isinstance(await peer.hello(), Welcome)
-    await peer.send(Deploy(graph_json=text, content_hash=digest, weights=weights))
+    await _send_deploy(peer, text, digest, weights)
     await peer.recv_until(Deployed)
     return peer
 
@@ -518,11 +562,11 @@ def test_a_graph_naming_a_device_the_server_lacks_is_refused():
 
     x = torch.randn(1, 3, 8, 8)
     graph = lopinfer.capture(Arange().eval(), (x,))
-    text, weights, _ = pack(graph)
+    text, weights, _ = pack_parts(graph)
     text = text.replace('{"device":"cpu"}', '{"device":"cuda"}')
-    from lopinfer.graph.serialize import _hash, unpack
+    from lopinfer.graph.serialize import _hash, unpack_parts
 
-    digest = _hash(text, unpack(text, weights, check_shapes=False))
+    digest = _hash(text, unpack_parts(text, weights, check_shapes=False))
 
     async def main():
         async with Server() as server:

@@ -52,3 +52,21 @@ def test_quick_first_points_are_not_stored_and_are_planned_again(tmp_path):
     assert not list((tmp_path / "plans").glob("*.json"))
     book.fill()
     assert len(list((tmp_path / "plans").glob("*.json"))) == 2 and not book._quick
+
+
+def test_choosing_a_quick_point_does_not_plan_it_again(tmp_path, monkeypatch):
+    """The first inference runs the quick plan it waited for; the full search of that
+    point is the background filler's (it cost a deploy 3.3 s of waiting)."""
+    model, x = REFERENCE_NETS["vgg"]()
+    graph = lopinfer.capture(model, (x,))
+    cost = CostModel(flop_costs(graph, 1e9), flop_costs(graph, 2e10), Link(2e6), Link(2e6))
+    book = _book(graph, cost, tmp_path)
+    quick = book.plans_at(0, quick=True)
+    calls = []
+    real = planners.plan_all
+    monkeypatch.setattr("lopinfer.scheduler.adapt.plan_all",
+                        lambda *a, **k: calls.append(k.get("budget")) or real(*a, **k))
+    choice = book.choose("lopinfer", 1e6)
+    assert calls == [] and choice.scored is quick["lopinfer"]
+    book.fill()  # the filler plans it again, fully
+    assert len(calls) == 2 and not book._quick

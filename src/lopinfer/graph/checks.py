@@ -15,7 +15,7 @@ from ..errors import DeployError
 from .format import GraphLimits, first_line, show
 from .ir import Graph, TensorMeta, map_refs
 
-__all__ = ["check_name", "no_duplicate_keys", "no_constant", "exact_keys", "bounded_list",
+__all__ = ["warm_up", "check_name", "no_duplicate_keys", "no_constant", "exact_keys", "bounded_list",
            "check_out_spec", "check_declared_shapes"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -128,6 +128,14 @@ def _spec_leaves(node: Any, depth: int, limits: GraphLimits) -> int:
 
 # -- shapes, checked on meta tensors -------------------------------------------------------------
 _META = torch.device("meta")
+
+
+def warm_up() -> None:
+    """Import what the first shape check imports lazily (torch's decompositions and
+    dynamo: 1.3 s on this VM), so that a fresh server's first deploy does not wait for
+    it. A server calls this once at start, in a thread."""
+    import torch._decomp  # noqa: F401
+    import torch._dynamo  # noqa: F401
 
 
 def check_declared_shapes(graph: Graph) -> None:

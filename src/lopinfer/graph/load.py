@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,7 +46,7 @@ from .format import (
 )
 from .ir import Graph, Node, Ref, TensorMeta
 
-__all__ = ["unpack", "graph_from_json", "weights_from_safetensors", "DEFAULT_ALLOWED_OPS",
+__all__ = ["unpack", "unpack_parts", "graph_from_json", "weights_from_safetensors", "DEFAULT_ALLOWED_OPS",
            "GraphLimits", "DEFAULT_LIMITS"]
 
 _SPECIAL_FLOATS = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
@@ -102,6 +102,53 @@ def unpack(json_text: str | bytes, weights: bytes, *,
     """
     loader = _Loader(_parse(json_text, limits), allowed_ops, limits)
     return loader.build(weights_from_safetensors(weights, limits=limits), check_shapes)
+
+
+def unpack_parts(json_text: str | bytes, parts: Sequence[torch.Tensor], *,
+                 allowed_ops: Iterable[str] = DEFAULT_ALLOWED_OPS,
+                 limits: GraphLimits = DEFAULT_LIMITS, check_shapes: bool = True) -> Graph:
+    """As :func:`unpack`, the weights as :func:`~lopinfer.graph.serialize.weights_parts`
+    sends them: 1-d tensors, taken in the graph's parameter order, each parameter's
+    elements from one or more consecutive parts of its declared dtype. A parameter in
+    one part is a view of it (no copy); the parts' dtypes and element counts must match
+    the declarations exactly, and every part must be used.
+
+    Raises:
+        DeployError: any violation, in one line naming the parameter, node or field.
+    """
+    loader = _Loader(_parse(json_text, limits), allowed_ops, limits)
+    total = sum(p.numel() * p.element_size() for p in parts)
+    if total > limits.max_weight_bytes:
+        raise DeployError(f"weights are {total} bytes, over the limit of "
+                          f"{limits.max_weight_bytes}")
+    params: dict[str, torch.Tensor] = {}
+    i = 0
+    for name, meta in loader.params.items():
+        need, got = math.prod(meta.shape), 0
+        mine: list[torch.Tensor] = []
+        while got < need or not mine:
+            if i == len(parts):
+                raise DeployError(f"parameter {name}: weights end after {got} of its {need} "
+                                  "elements")
+            p = parts[i]
+            if p.dim() != 1 or p.dtype != meta.dtype or p.layout != torch.strided:
+                raise DeployError(f"parameter {name}: weights part {i} is "
+                                  f"{TensorMeta(tuple(p.shape), p.dtype)!r}, expected 1-d "
+                                  f"{meta.dtype}")
+            mine.append(p)
+            got += p.numel()
+            i += 1
+            if need == 0:
+                break
+        if got != need:
+            raise DeployError(f"parameter {name}: weights hold {got} elements, the graph "
+                              f"declares {need} {meta!r}")
+        flat = mine[0] if len(mine) == 1 else torch.cat(mine)
+        params[name] = flat.view(meta.shape)
+    if i != len(parts):
+        raise DeployError(f"weights hold {len(parts) - i} parts more than the graph's "
+                          f"{len(loader.params)} parameters")
+    return loader.build(params, check_shapes)
 
 
 def graph_from_json(text: str | bytes, params: Mapping[str, torch.Tensor], *,

@@ -6,12 +6,14 @@ code (DESIGN.md invariant 2):
 - the graph as canonical JSON (``{"format": "lopinfer.graph", "version": 1, ...}``):
   inputs, parameter names/shapes/dtypes, call nodes (ATen op name, arguments, output
   meta), outputs and the output pytree spec;
-- the parameter values as one safetensors blob.
+- the parameter values: one safetensors blob (:func:`pack`, for files), or, for an
+  upload, each parameter's own bytes as typed 1-d tensors (:func:`pack_parts`: views of
+  the parameters, nothing copied, which the server keeps as they arrive).
 
 :func:`pack` writes both (refusing ops a default server would refuse); the server reads
-them back with :func:`~lopinfer.graph.load.unpack`, the untrusted loader (re-exported
-here, with the loader's other public names, for callers that import them from this
-module).
+them back with :func:`~lopinfer.graph.load.unpack` or
+:func:`~lopinfer.graph.load.unpack_parts`, the untrusted loader (re-exported here, with
+the loader's other public names, for callers that import them from this module).
 
 :func:`content_hash` is a sha256 over the canonical JSON and the raw weight bytes, stable
 across processes; a graph loaded back hashes the same as the one that was packed.
@@ -45,7 +47,7 @@ from .format import (
     show,
 )
 from .ir import Graph, Ref
-from .load import graph_from_json, unpack, weights_from_safetensors
+from .load import graph_from_json, unpack, unpack_parts, weights_from_safetensors
 
 __all__ = [
     "FORMAT",
@@ -57,10 +59,13 @@ __all__ = [
     "weights_to_safetensors",
     "weights_blob",
     "pack_blob",
+    "pack_parts",
+    "weights_parts",
     "weights_from_safetensors",
     "content_hash",
     "pack",
     "unpack",
+    "unpack_parts",
 ]
 
 # names of the loader and the format, importable from here as before the split
@@ -210,6 +215,23 @@ def weights_blob(graph: Graph) -> torch.Tensor:
     return blob
 
 
+def weights_parts(graph: Graph, max_bytes: int) -> list[torch.Tensor]:
+    """Every parameter, in the graph's order, as 1-d tensors of its own dtype of at most
+    ``max_bytes`` each: views of the parameters (a contiguous CPU one is not copied), so
+    an upload sends the weights from where they are and the server keeps the tensors it
+    receives as the parameters (:func:`~lopinfer.graph.load.unpack_parts`).
+
+    Raises:
+        UnsupportedModelError: a parameter dtype outside the format's table.
+    """
+    parts: list[torch.Tensor] = []
+    for t in _cpu_params(graph).values():
+        flat = t.reshape(-1)
+        step = max(1, max_bytes // t.element_size())
+        parts += [flat[a:a + step] for a in range(0, flat.numel(), step)] or [flat]
+    return parts
+
+
 def weights_to_safetensors(graph: Graph) -> bytes:
     """The graph's parameters as a safetensors blob (bytes), keyed by parameter name.
 
@@ -284,12 +306,27 @@ def pack_blob(graph: Graph, *, allowed_ops: Iterable[str] = DEFAULT_ALLOWED_OPS
     Raises:
         UnsupportedModelError: as :func:`pack`.
     """
+    text = _allowed_json(graph, allowed_ops)
+    return text, weights_blob(graph), _hash(text, graph)
+
+
+def pack_parts(graph: Graph, *, allowed_ops: Iterable[str] = DEFAULT_ALLOWED_OPS,
+               max_bytes: int = 512 << 20) -> tuple[str, list[torch.Tensor], str]:
+    """As :func:`pack`, the weights as :func:`weights_parts` (for an upload in frames).
+
+    Raises:
+        UnsupportedModelError: as :func:`pack`.
+    """
+    text = _allowed_json(graph, allowed_ops)
+    return text, weights_parts(graph, max_bytes), _hash(text, graph)
+
+
+def _allowed_json(graph: Graph, allowed_ops: Iterable[str]) -> str:
     allowed = allowed_ops if isinstance(allowed_ops, (set, frozenset)) else set(allowed_ops)
     refused = sorted({n.target for n in graph.nodes if n.target not in allowed})
     if refused:
         raise UnsupportedModelError(
             f"{graph.name}: ops not in the server allow-list: {', '.join(refused[:8])}"
             + (f" (+{len(refused) - 8} more)" if len(refused) > 8 else ""))
-    text = graph_to_json(graph)
-    return text, weights_blob(graph), _hash(text, graph)
+    return graph_to_json(graph)
 

@@ -12,7 +12,7 @@ from ..errors import UnknownDeploymentError
 from ..graph import Graph
 from ..scheduler.plan import Plan
 from ..transports import Frame
-from .protocol import FRAME_WEIGHTS, WEIGHTS_CHUNK, Deploy, Deployed, PlanReady, UsePlan
+from .protocol import FRAME_WEIGHTS, WEIGHTS_PART, Deploy, Deployed, PlanReady, UsePlan
 
 if TYPE_CHECKING:
     from .client import Client
@@ -21,14 +21,14 @@ __all__ = ["upload_graph", "ServerPlans"]
 
 
 async def upload_graph(client: Client, graph: Graph) -> Deployed:
-    """Deploy ``graph``: by its hash when the server has it, else the JSON and weights
-    (inline, or in tensor frames before ``Deploy`` when over a control message's limit).
+    """Deploy ``graph``: by its hash when the server has it, else the JSON and the
+    weights (each parameter in tensor frames of its own dtype, before ``Deploy``).
 
     Raises:
         DeployError: the server refused the graph (a limit, a hash that does not match).
         ConnectError, TransportError: the connection failed.
     """
-    from ..graph.serialize import content_hash, pack_blob
+    from ..graph.serialize import content_hash, pack_parts
 
     # the hash first (remembered per graph): a server that has the model needs no more
     digest = await asyncio.to_thread(content_hash, graph)
@@ -38,19 +38,13 @@ async def upload_graph(client: Client, graph: Graph) -> Deployed:
         return reply
     except UnknownDeploymentError:
         pass  # the content goes up
-    # one buffer, its slices sent as they are (no copy to bytes for a large model)
-    text, blob, digest = await asyncio.to_thread(pack_blob, graph)
-    size = blob.numel()
-    if size <= WEIGHTS_CHUNK:
-        return await client.request(Deploy(graph_json=text, content_hash=digest,
-                                           weights=blob.numpy().tobytes()), Deployed)
-    chunks = range(0, size, WEIGHTS_CHUNK)
-    for i, a in enumerate(chunks):
-        await client.send_frame(Frame(tensor=blob[a:a + WEIGHTS_CHUNK], kind=FRAME_WEIGHTS,
-                                      tensor_id=i))
+    # the parameters sent from where they are (views), kept by the server as received
+    text, parts, digest = await asyncio.to_thread(pack_parts, graph, max_bytes=WEIGHTS_PART)
+    for i, part in enumerate(parts):
+        await client.send_frame(Frame(tensor=part, kind=FRAME_WEIGHTS, tensor_id=i))
+    size = sum(p.numel() * p.element_size() for p in parts)
     return await client.request(Deploy(graph_json=text, content_hash=digest,
-                                       weights_chunks=len(chunks), weights_size=size),
-                                Deployed)
+                                       weights_parts=len(parts), weights_size=size), Deployed)
 
 
 class ServerPlans:

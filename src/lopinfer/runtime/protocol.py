@@ -21,15 +21,15 @@ from ..transports import Message, register_message
 
 __all__ = ["PROTOCOL_VERSION", "Hello", "Welcome", "Deploy", "Deployed", "Working", "FellBack",
            "UsePlan", "PlanReady", "Infer", "Done", "InferFailed", "FRAME_TILE", "FRAME_PROBE",
-           "FRAME_WEIGHTS", "WEIGHTS_CHUNK", "ProfileRequest", "Profiled", "ProbeRequest",
+           "FRAME_WEIGHTS", "WEIGHTS_PART", "ProfileRequest", "Profiled", "ProbeRequest",
            "ProbeResult"]
 
-PROTOCOL_VERSION = 2  # 2: verified deploys, Working keep-alives
+PROTOCOL_VERSION = 3  # 2: verified deploys, Working keep-alives; 3: weights as typed parts
 
 FRAME_TILE = 1  # Frame.kind of a row piece of an inference
 FRAME_PROBE = 2  # Frame.kind of a link probe (random bytes, measured and dropped)
-FRAME_WEIGHTS = 3  # Frame.kind of a chunk of a deployment's safetensors blob
-WEIGHTS_CHUNK = 16 << 20  # weights larger than this travel as chunks, not in Deploy
+FRAME_WEIGHTS = 3  # Frame.kind of a part of a deployment's weights (a typed 1-d tensor)
+WEIGHTS_PART = 512 << 20  # bytes: a parameter larger than this travels in several parts
 MAX_PROBE_BYTES = 4 << 20  # per frame, so a client cannot make the server send gigabytes
 MAX_PROBE_FRAMES = 16
 
@@ -56,16 +56,16 @@ class Welcome(Message, tag="welcome"):
 class Deploy(Message, tag="deploy"):
     """Client -> server: a graph (JSON over the op allow-list) and its weights.
 
-    Weights travel either inline as a safetensors blob in ``weights``, or, when larger
-    than a control message may be, as ``weights_chunks`` uint8 tensor frames of the
-    same blob (``weights_size`` bytes in all) sent just before this message.
+    The weights travel just before this message as ``weights_parts`` tensor frames
+    (``weights_size`` bytes in all): each parameter in the graph's order, flattened, in
+    one frame of its own dtype (or several, over ``WEIGHTS_PART`` bytes). The server
+    keeps the tensors it receives as the parameters: nothing is packed, joined or
+    copied on either side (``graph.load.unpack_parts`` checks them against the JSON).
     """
 
     graph_json: str
     content_hash: str
-    weights: bytes = b""
-    weights_hash: str = ""
-    weights_chunks: int = 0
+    weights_parts: int = 0
     weights_size: int = 0
 
 

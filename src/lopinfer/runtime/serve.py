@@ -89,7 +89,11 @@ async def serve(urls: list[str], *, device: str = "cpu", token: str | None = Non
                 announce(f"LOPINFER_HTTP {url}")
         if ready is not None:
             ready.set()
+        from ..graph.checks import warm_up
+
+        warming = asyncio.ensure_future(asyncio.to_thread(warm_up))  # a first deploy's imports
         await stop.wait()
+        await warming
         log.info("draining: no new sessions, %g s for in-flight ones", grace,
                  extra={"event": "drain", "grace_s": grace,
                         "sessions": server.stats.sessions_open})

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import DeployError, LopInferError, ProtocolError
 from ..graph import Graph
+from ..log import logger
 from .limits import check_graph
 from .protocol import Deploy
 
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from .server import Server
 
 __all__ = ["Uploads", "check_devices", "deployment", "to_device"]
+
+log = logger("server")
 
 
 def to_device(graph: Graph, device: torch.device) -> None:
@@ -38,28 +42,34 @@ def check_devices(graph: Graph, device: torch.device) -> None:
                               f"{device.type} server lacks")
 
 
+# what one held part costs beyond its bytes (the tensor and frame objects): charged, so
+# that a flood of empty parts is bounded in bytes like everything else
+PART_OVERHEAD = 512
+
+
 class Uploads:
-    """One session's weight uploads: the chunks of its next ``Deploy`` and the bytes
+    """One session's weight uploads: the parts of its next ``Deploy`` and the bytes
     charged to it (and, while held, to the server's pending uploads)."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.weight_parts: list[torch.Tensor] = []  # chunks of the next Deploy's weights
+        self.weight_parts: list[torch.Tensor] = []  # parts of the next Deploy's weights
         self.weight_bytes = 0  # ... their size (counted in the server's pending uploads)
         self.uploaded = 0  # weight bytes this session uploaded in all
 
     def add_chunk(self, t: torch.Tensor) -> None:
-        """Hold one weights frame's tensor for the next ``Deploy``."""
-        if t.dtype != torch.uint8 or t.dim() != 1:
-            raise ProtocolError("a weights chunk must be a 1-d uint8 tensor")
-        if self.weight_bytes + t.numel() > self.server.limits.max_model_bytes:
+        """Hold one weights frame's tensor (a parameter's part) for the next ``Deploy``."""
+        if t.dim() != 1:
+            raise ProtocolError(f"a weights part must be a 1-d tensor, not {t.dim()}-d")
+        n = t.numel() * t.element_size() + PART_OVERHEAD
+        if self.weight_bytes + n > self.server.limits.max_model_bytes:
             raise ProtocolError(f"weights over the server's max_model_bytes="
                                 f"{self.server.limits.max_model_bytes}")
-        self.count(t.numel(), pending=True)
+        self.count(n, pending=True)
         self.weight_parts.append(t)
 
     def take(self) -> list[torch.Tensor]:
-        """The chunks held for the next ``Deploy`` (held no longer here)."""
+        """The parts held for the next ``Deploy`` (held no longer here)."""
         parts, self.weight_parts = self.weight_parts, []
         return parts
 
@@ -91,28 +101,27 @@ async def deployment(srv: Server, uploads: Uploads, msg: Deploy, parts: list[tor
     computed from the bytes it received (a client's claim is only a lookup key)."""
     if not msg.graph_json:
         return srv.deployments.get(msg.content_hash), msg.content_hash, True
-    if len(parts) != msg.weights_chunks or sum(p.numel() for p in parts) != msg.weights_size:
-        raise ProtocolError(f"deploy announces {msg.weights_chunks} weight chunks of "
-                            f"{msg.weights_size} bytes, {len(parts)} arrived")
-    size = msg.weights_size if parts else len(msg.weights)
+    size = sum(p.numel() * p.element_size() for p in parts)
+    if len(parts) != msg.weights_parts or size != msg.weights_size:
+        raise ProtocolError(f"deploy announces {msg.weights_parts} weight parts of "
+                            f"{msg.weights_size} bytes, {len(parts)} of {size} bytes arrived")
     if size > srv.limits.max_model_bytes:
         raise DeployError(f"weights of {size} bytes are over the server's "
                           f"max_model_bytes={srv.limits.max_model_bytes}")
-    if not parts:
-        uploads.count(size)
-    from ..graph.serialize import content_hash, unpack
+    from ..graph.serialize import content_hash, unpack_parts
 
-    # one copy, chunks straight into the bytes safetensors reads (not cat, then tobytes)
-    weights = msg.weights if not parts else b"".join(p.numpy().data for p in parts)
-    parts.clear()
-    try:
-        graph = await asyncio.to_thread(unpack, msg.graph_json, weights)
+    t0 = time.perf_counter()
+    try:  # the parts become the parameters (views): nothing joined or copied
+        graph = await asyncio.to_thread(unpack_parts, msg.graph_json, parts)
     except DeployError:
         raise
     except LopInferError as exc:
         raise DeployError(str(exc)) from exc
-    del weights
+    parts.clear()
+    t1 = time.perf_counter()
     digest = await asyncio.to_thread(content_hash, graph)
+    log.info("deploy of %s: %d weight bytes checked in %.2f s, hashed in %.2f s",
+             graph.name, size, t1 - t0, time.perf_counter() - t1)
     if not hmac.compare_digest(digest, msg.content_hash):
         raise DeployError(f"content hash {msg.content_hash[:16]}... does not match the "
                           f"uploaded graph and weights (they hash to {digest[:16]}...)")

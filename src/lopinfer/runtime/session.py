@@ -104,7 +104,8 @@ class Session:
                       planner=None if plan is not None else planner, adapt=adapt and plan is None)
         session.watch, session.strict = watch, strict
         session.default_plan = plan if plan is not None else offload_plan(graph, 4, min_rows=2)
-        compile_plan(graph, session.default_plan)  # invalid plans fail here, named
+        if plan is not None:
+            compile_plan(graph, plan)  # an invalid plan fails here, named
         return session
 
     # -- the policy's state, as the session showed it before it had parts ----------------
@@ -192,14 +193,22 @@ class Session:
         ``pin`` (the default for callers) also stops adapting to the bandwidth."""
         known = self._programs.get(id(plan))
         if known is not None and known[0] is plan:  # switching back: compiled already
-            program = known[1]
+            mine: Any = asyncio.sleep(0, known[1])
         else:
-            program = await asyncio.to_thread(compile_plan, self.graph, plan)
-            self._programs[id(plan)] = (plan, program)
+            mine = asyncio.to_thread(compile_plan, self.graph, plan)
+        if plan.uses_server() and self.client.connected:  # both peers compile at once
+            got = await asyncio.gather(mine, self.server_plans.ensure(self.client, plan),
+                                       return_exceptions=True)
+            for r in got:  # both awaited to the end; the first failure raised
+                if isinstance(r, BaseException):
+                    raise r
+            program: Bound = got[0]  # type: ignore[assignment]
+            self.plan_id = got[1]  # type: ignore[assignment]
+        else:
+            program = await mine
+        self._programs[id(plan)] = (plan, program)
         if pin:
             self.policy.pin()
-        if plan.uses_server() and self.client.connected:
-            self.plan_id = await self.server_plans.ensure(self.client, plan)
         self.plan, self.program, self.remote = plan, program, plan.uses_server()
 
     def close(self) -> None:

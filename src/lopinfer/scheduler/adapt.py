@@ -152,8 +152,8 @@ class PlanBook:
         wanted = self.nearest(bandwidth)
         if not ready or min(abs(i - wanted) for i in ready) > self.far:
             # nothing planned near the estimate yet (the background has not got there):
-            # a plan for a link 4x off costs more than planning this point now
-            self.plans_at(wanted)
+            # a plan for a link 4x off costs more than planning this point now, quickly
+            self.plans_at(wanted, quick=True)
             ready = self.ready()
         hyst = self._hyst.setdefault(method, Hysteresis([self.grid[i] for i in ready],
                                                         margin=self.margin))
@@ -164,7 +164,8 @@ class PlanBook:
         before = hyst.current
         k, changed = hyst.choose(bandwidth)
         index = ready[k]
-        scored = self.plans_at(index)[method]
+        with self._lock:  # as planned now: a quick point's full search is the filler's job
+            scored = self._plans[index][method]
         grid_bw = self.grid[index]
         if before is None and self.previous_bandwidth is not None:  # a book made again
             why = ("bandwidth changed" if grid_bw != self.previous_bandwidth
