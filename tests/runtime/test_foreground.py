@@ -46,3 +46,37 @@ def test_nested_inferences_keep_it_busy_until_the_last_ends():
             pass
         assert fg.wait_idle() > 0.0  # one still runs
     assert fg.wait_idle() == 0.0
+
+
+def test_a_stopped_background_search_ends_at_its_next_checkpoint(monkeypatch):
+    """Closing a session stops its filler in the middle of a point's search, not at the
+    end of the search's budget (a closed session's planning took CPU from the next)."""
+    import lopinfer
+    from lopinfer.runtime import policy
+    from lopinfer.scheduler import search
+    from lopinfer.scheduler.adapt import PlanBook
+    from lopinfer.scheduler.cost import CostModel, Link, flop_costs
+    from lopinfer.scheduler.energy import Objective
+    from nets import REFERENCE_NETS
+
+    import functools
+
+    from lopinfer.scheduler import adapt
+
+    # a search that would run on for minutes
+    monkeypatch.setattr(adapt, "Budget", functools.partial(search.Budget, seconds=600.0,
+                                                           candidates=10**9))
+    model, x = REFERENCE_NETS["vgg"]()
+    graph = lopinfer.capture(model, (x,))
+    cost = CostModel(flop_costs(graph, 1e9), flop_costs(graph, 2e10), Link(2e6), Link(2e6))
+    book = PlanBook(graph, cost, Objective(), ("local", "offload", "lopinfer"), grid=[2e6])
+    stop = threading.Event()
+    policy._start_filler(book, stop, False, {})
+    thread = policy._FILLERS[-1][1]
+    time.sleep(1.0)
+    assert thread.is_alive()  # searching
+    t0 = time.perf_counter()
+    stop.set()
+    thread.join(60)
+    assert not thread.is_alive() and time.perf_counter() - t0 < 30
+    assert not book.ready()  # the point was given up, not stored half-searched

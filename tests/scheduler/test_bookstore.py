@@ -3,6 +3,8 @@ another cost model, or a quick first plan, is never taken for a stored one."""
 
 from __future__ import annotations
 
+import json
+
 import lopinfer
 from lopinfer.graph.serialize import content_hash
 from lopinfer.scheduler import planners
@@ -43,15 +45,33 @@ def test_a_second_book_plans_nothing(tmp_path, monkeypatch):
     assert calls and third.store.hits == 0
 
 
-def test_quick_first_points_are_not_stored_and_are_planned_again(tmp_path):
+def test_quick_first_points_serve_a_second_deploy_until_planned_again_fully(tmp_path,
+                                                                            monkeypatch):
+    """A quick first plan is stored as quick: a second deploy's first point takes it
+    (it waits for nothing), a full search never does, and the filler's full plans
+    replace it."""
     model, x = REFERENCE_NETS["vgg"]()
     graph = lopinfer.capture(model, (x,))
     cost = CostModel(flop_costs(graph, 1e9), flop_costs(graph, 2e10), Link(2e6), Link(2e6))
     book = _book(graph, cost, tmp_path)
-    book.plans_at(0, quick=True)
-    assert not list((tmp_path / "plans").glob("*.json"))
-    book.fill()
-    assert len(list((tmp_path / "plans").glob("*.json"))) == 2 and not book._quick
+    quick = book.plans_at(0, quick=True)
+    files = list((tmp_path / "plans").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["quick"] is True
+    calls = []
+    real = planners.plan_all
+    monkeypatch.setattr("lopinfer.scheduler.adapt.plan_all",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = _book(graph, cost, tmp_path)
+    got = second.plans_at(0, quick=True)
+    assert calls == [] and 0 in second._quick
+    assert got["lopinfer"].plan.to_json() == quick["lopinfer"].plan.to_json()
+    book.fill()  # the full search of point 0 replaces the stored quick one
+    assert len(calls) == 2 and not book._quick
+    stored = [json.loads(f.read_text()) for f in (tmp_path / "plans").glob("*.json")]
+    assert len(stored) == 2 and not any(d["quick"] for d in stored)
+    third = _book(graph, cost, tmp_path)
+    third.plans_at(0)  # full, from the store
+    assert len(calls) == 2 and not third._quick
 
 
 def test_choosing_a_quick_point_does_not_plan_it_again(tmp_path, monkeypatch):

@@ -102,11 +102,19 @@ def _start_filler(book: PlanBook, stop: threading.Event, progress: bool,
                               name="lopinfer-planner", daemon=True)
 
     def pause() -> float:  # only the filler pauses: a point planned for an inference does not
-        return FOREGROUND.wait_idle() if threading.current_thread() is thread else 0.0
+        if threading.current_thread() is not thread:
+            return 0.0
+        if stop.is_set():  # a closed session's search ends now, not at its budget's end
+            raise _Stopped
+        return FOREGROUND.wait_idle()
 
     book.checkpoint = pause
     _FILLERS.append((stop, thread))
     thread.start()
+
+
+class _Stopped(Exception):
+    """A background search given up (its session closed or re-planned)."""
 
 
 def _fill_quietly(book: PlanBook, stop: threading.Event, progress: bool,
@@ -122,6 +130,8 @@ def _fill_quietly(book: PlanBook, stop: threading.Event, progress: bool,
         book.fill(stop, progress)
         if not stop.is_set():
             limits[id(book.cost)] = physical_limit(book.graph, book.cost).seconds
+    except _Stopped:
+        pass
     except Exception as exc:  # a background planning failure costs only its grid points
         log.warning("background planning stopped: %s", exc)
 

@@ -100,24 +100,29 @@ class PlanBook:
     def plans_at(self, index: int, *, quick: bool = False) -> dict[str, Scored]:
         """Every method's plan at grid point ``index`` (computed on first use).
 
-        ``quick``: under :data:`QUICK` (a deploy waits for this point); :meth:`fill`
-        plans such a point again with the full budget, and only full plans are stored."""
+        ``quick``: under :data:`QUICK` (a deploy waits for this point), or as stored so
+        by an earlier book; :meth:`fill` plans such a point again with the full budget,
+        and the full plans replace the quick ones in the store."""
         with self._lock:
             if index in self._plans and not (index in self._quick and not quick):
                 return self._plans[index]
         cost = self.cost_at(self.grid[index])
-        plans = self.store.get(self.grid[index]) if self.store is not None else None
-        stored = plans is not None
+        store = self.store
+        got = store.get(self.grid[index], quick=quick) if store is not None else None
+        # a quick plan, made now or stored by an earlier deploy, is planned again fully
+        # by fill (stored quick ones are kept only until then: a second deploy waits
+        # for nothing even when the first one's book was not filled yet)
+        plans, was_quick = got if got is not None else (None, quick)
         if plans is None:  # (the methods are in the store's key)
             full = None if self.checkpoint is None else Budget(checkpoint=self.checkpoint)
             plans = plan_all(self.graph, cost, self.objective, self.methods,
                              budget=QUICK if quick else full)
-            if self.store is not None and not quick:
-                self.store.put(self.grid[index], plans)
+            if store is not None:
+                store.put(self.grid[index], plans, quick=quick)
         with self._lock:
             for scored in plans.values():  # one Plan object per distinct plan, grid-wide
                 scored.plan = self._interned.setdefault(plan_key(scored.plan), scored.plan)
-            if quick and not stored:
+            if was_quick:
                 self._quick.add(index)
             elif index in self._quick:  # the full search replaces the quick one
                 self._quick.discard(index)

@@ -78,24 +78,33 @@ class BookStore:
     def _path(self, bandwidth: float) -> Path:
         return self.dir / f"{self.key[:40]}-{bandwidth:.6g}.json"
 
-    def get(self, bandwidth: float) -> dict[str, Scored] | None:
+    def get(self, bandwidth: float, *, quick: bool = False
+            ) -> tuple[dict[str, Scored], bool] | None:
+        """(the plans stored for ``bandwidth``, whether they were planned under the quick
+        budget); quick ones only when ``quick`` (a deploy waiting for its first plan
+        takes them, a full search does not)."""
         try:
             d = json.loads(self._path(bandwidth).read_text())
             if d.get("key") != self.key:
                 raise ValueError("another key")
+            if d.get("quick") and not quick:
+                raise ValueError("planned under the quick budget")
             plans = {str(m): _scored_from_dict(v) for m, v in d["plans"].items()}
         except (OSError, ValueError, KeyError, TypeError):
             self.misses += 1
             return None
         self.hits += 1
-        return plans
+        return plans, bool(d.get("quick"))
 
-    def put(self, bandwidth: float, plans: dict[str, Scored]) -> None:
+    def put(self, bandwidth: float, plans: dict[str, Scored], *, quick: bool = False) -> None:
+        """Keep ``plans`` for ``bandwidth``; ``quick`` ones never replace full ones."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             path = self._path(bandwidth)
+            if quick and self.get(bandwidth) is not None:
+                return
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps({"key": self.key,
+            tmp.write_text(json.dumps({"key": self.key, "quick": quick,
                                        "plans": {m: _scored_to_dict(s) for m, s in plans.items()}}))
             os.replace(tmp, path)
         except OSError:
