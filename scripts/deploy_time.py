@@ -9,8 +9,9 @@ Three cases, each in a fresh server unless said (issue 12's targets in brackets)
 
     scripts/deploy_time.py                 # vgg19_bn (built here: no torchvision needed)
     scripts/deploy_time.py --model lopinfer:kapao
-Prints one line per case with the split (upload, profiles, probe, first plan, first
-inference); one run, so medians are not claimed.
+    scripts/deploy_time.py --repeats 3     # each case's median over 3 runs too
+Prints one line per case and run with the split (upload, profiles, probe, first plan,
+first inference), then each case's median total.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -65,9 +67,36 @@ async def one(graph, x, client=None) -> dict[str, float]:
         return await measure(c)
 
 
+def run_cases(graph, x) -> list[tuple[str, dict]]:
+    """cold, profiles, second: each from a fresh cache (the server child inherits it)."""
+    from lopinfer.runtime import loopback
+
+    cache = Path(tempfile.mkdtemp(prefix="lopinfer-deploy-"))
+    os.environ["LOPINFER_CACHE"] = str(cache)
+    try:
+        from lopinfer.graph import serialize
+        from lopinfer.runtime import profiler
+
+        profiler._MEMO.clear()  # this process's profiles and hashes: cold means cold
+        serialize._HASHES.clear()
+        rows = [("cold", asyncio.run(one(graph, x)))]
+        shutil.rmtree(cache / "plans", ignore_errors=True)
+
+        async def profiles_then_second():
+            async with loopback("tcp") as c:
+                first = await one(graph, x, c)
+                return first, await one(graph, x, c)
+
+        prof, second = asyncio.run(profiles_then_second())
+        return rows + [("profiles", prof), ("second", second)]
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vgg19_bn", help="vgg19_bn, or a MODEL string")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of the three cases")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import lopinfer
@@ -82,27 +111,18 @@ def main() -> int:
     t = time.perf_counter()
     graph = lopinfer.capture(model, (x,))
     print(f"{args.model}: captured in {time.perf_counter() - t:.1f} s (not counted)")
-    cache = Path(tempfile.mkdtemp(prefix="lopinfer-deploy-"))
-    os.environ["LOPINFER_CACHE"] = str(cache)  # the server child inherits it
-    try:
-        rows = [("cold", asyncio.run(one(graph, x)))]
-        shutil.rmtree(cache / "plans", ignore_errors=True)
-        from lopinfer.runtime import loopback
-
-        async def profiles_then_second():
-            async with loopback("tcp") as c:
-                first = await one(graph, x, c)
-                return first, await one(graph, x, c)
-
-        prof, second = asyncio.run(profiles_then_second())
-        rows += [("profiles", prof), ("second", second)]
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    for name, r in rows:
-        print(f"{name:<9} total {r['total_s']:6.2f} s = deploy {r['deploy_s']:.2f} s "
-              f"(upload {r['upload_s']:.2f}, profiles {r['profiles_s']:.2f}, probe "
-              f"{r['probe_s']:.2f}, first plan {r['plan_s']:.2f}{', stored book' if r['book_hit'] else ''})"
-              f" + first inference {r['first_infer_s']:.2f} s [{r['plan']}]")
+    totals: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for name, r in run_cases(graph, x):
+            totals.setdefault(name, []).append(r["total_s"])
+            print(f"{name:<9} total {r['total_s']:6.2f} s = deploy {r['deploy_s']:.2f} s "
+                  f"(upload {r['upload_s']:.2f}, profiles {r['profiles_s']:.2f}, probe "
+                  f"{r['probe_s']:.2f}, first plan {r['plan_s']:.2f}"
+                  f"{', stored book' if r['book_hit'] else ''}) + first inference "
+                  f"{r['first_infer_s']:.2f} s [{r['plan']}]", flush=True)
+    if args.repeats > 1:
+        print("median total: " + ", ".join(f"{k} {statistics.median(v):.2f} s"
+                                           for k, v in totals.items()))
     return 0
 
 

@@ -51,17 +51,15 @@ def test_nested_inferences_keep_it_busy_until_the_last_ends():
 def test_a_stopped_background_search_ends_at_its_next_checkpoint(monkeypatch):
     """Closing a session stops its filler in the middle of a point's search, not at the
     end of the search's budget (a closed session's planning took CPU from the next)."""
+    import functools
+
     import lopinfer
     from lopinfer.runtime import policy
-    from lopinfer.scheduler import search
+    from lopinfer.scheduler import adapt, search
     from lopinfer.scheduler.adapt import PlanBook
     from lopinfer.scheduler.cost import CostModel, Link, flop_costs
     from lopinfer.scheduler.energy import Objective
     from nets import REFERENCE_NETS
-
-    import functools
-
-    from lopinfer.scheduler import adapt
 
     # a search that would run on for minutes
     monkeypatch.setattr(adapt, "Budget", functools.partial(search.Budget, seconds=600.0,

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import LopInferError, PlanError
 from ..graph import Graph
@@ -210,20 +210,28 @@ class AdaptivePolicy:
         """Stop adapting: the caller chose the plan."""
         self.adapt, self.choice = False, None
 
-    async def measure(self, client: Client, *, client_costs: PeerCosts | None = None,
-                      grid: list[float] | None = None, progress: bool = False,
-                      extra_methods: tuple[str, ...] = ()) -> None:
-        """Profile both peers (in parallel) and probe the link, plan the probed
-        bandwidth, and fill the rest of the plan book in the background."""
-        from .measure import probe_link, server_costs
+    def profile_client(self, client: Client, progress: bool = False) -> asyncio.Future:
+        """Start measuring this peer's costs on its worker (a deploy starts it before the
+        upload, which it overlaps); :meth:`measure` takes the future."""
         from .profiler import profile
 
         graph = self.graph
+        return asyncio.wrap_future(client.worker.submit(
+            lambda: profile(graph, progress=progress, name="client")))
+
+    async def measure(self, client: Client, *, client_costs: PeerCosts | None = None,
+                      grid: list[float] | None = None, progress: bool = False,
+                      extra_methods: tuple[str, ...] = (),
+                      mine: asyncio.Future | None = None) -> None:
+        """Profile both peers (in parallel; ``mine``: this peer's profile, started
+        already) and probe the link, plan the probed bandwidth, and fill the rest of
+        the plan book in the background."""
+        from .measure import probe_link, server_costs
+
+        graph = self.graph
         t0 = time.perf_counter()
-        mine: Any = None
-        if client_costs is None:  # measured here, while the server measures itself
-            mine = asyncio.wrap_future(client.worker.submit(
-                lambda: profile(graph, progress=progress, name="client")))
+        if client_costs is None and mine is None:  # measured here, while the server measures
+            mine = self.profile_client(client, progress)
         try:
             theirs = await server_costs(client)
         finally:

@@ -157,11 +157,12 @@ class Session:
 
     async def measure_and_plan(self, *, client_costs: PeerCosts | None = None,
                                grid: list[float] | None = None, progress: bool = False,
-                               extra_methods: tuple[str, ...] = ()) -> None:
-        """Profile both peers (in parallel) and probe the link, then plan (see
-        :meth:`Client.deploy`)."""
+                               extra_methods: tuple[str, ...] = (),
+                               mine: asyncio.Future | None = None) -> None:
+        """Profile both peers (in parallel; ``mine``: this peer's profile, started
+        already) and probe the link, then plan (see :meth:`Client.deploy`)."""
         await self.policy.measure(self.client, client_costs=client_costs, grid=grid,
-                                  progress=progress, extra_methods=extra_methods)
+                                  progress=progress, extra_methods=extra_methods, mine=mine)
         await self._choose(force=True)
 
     async def _choose(self, *, force: bool = False) -> None:
