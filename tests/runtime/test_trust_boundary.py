@@ -249,6 +249,33 @@ def test_a_flood_of_empty_weight_parts_is_bounded_in_bytes():
     _run(main())
 
 
+def test_weights_received_over_shm_are_the_servers_own_memory(tmp_path):
+    """Over shm a received tensor may view the sender's ring, which the sender writes
+    again: a client scribbling over its ring after deploying must not change the
+    deployment another client then runs by hash."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 64),
+                                torch.nn.ReLU(), torch.nn.Linear(64, 10)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = lopinfer.capture(model, (x,))
+    assert max(t.numel() * 4 for t in graph.params.values()) >= 64 << 10  # zero-copy size
+
+    async def main():
+        async with Server() as server:
+            shm_url, tcp_url = await server.start(f"shm://lopinfer-trust-{id(tmp_path)}", TCP)
+            async with connect(shm_url, strict=True) as writer:
+                await writer.deploy(graph, None, plan=offload_plan(graph, 1))
+                ring = writer.conn._stream._ring
+                ring[:] = b"\xff" * len(ring)  # NaN over every byte it ever sent
+                async with connect(tcp_url, strict=True) as reader:
+                    session = await reader.deploy(graph, None, plan=offload_plan(graph, 1))
+                    assert server.stats.deploys_cached == 1
+                    assert_exact(await session.infer(x), reference(model, x))
+                    assert not session.last_report.fell_back
+
+    _run(main())
+
+
 class _Bomb(torch.nn.Module):
     def forward(self, x):
         return x + torch.full((2**29,), 1.0).sum()

@@ -242,7 +242,10 @@ class ServerSession:
         if frame.kind == FRAME_PROBE:
             return  # measured by the observer, nothing else to do
         if frame.kind == FRAME_WEIGHTS:
-            self.uploads.add_chunk(frame.tensor)
+            t = frame.tensor
+            if self.conn.scheme == "shm":  # it may view the client's ring, which the client
+                t = t.clone()  # writes: a deployment is shared and outlives the connection
+            self.uploads.add_chunk(t)
             return
         self.inferences.deliver(frame)
 
