@@ -360,19 +360,21 @@ class Client:
         session = await Session.new(self, model, example_inputs, objective=obj,
                                     planner=planner, plan=plan, adapt=adapt,
                                     strict=self.strict if strict is None else strict, watch=watch)
-        steps = Steps(f"lopinfer: deploying {session.graph.name}", 3, enabled=progress)
+        steps = Steps(f"lopinfer: deploying {session.graph.name}", 2, enabled=progress)
         if await self.ensure_connected():
             # this peer profiles itself while the weights go up (its CPU waits on the link)
             mine = session.policy.profile_client(self, bool(progress)) \
                 if plan is None and client_costs is None else None
             try:
-                steps.step(f"uploading to {self.url} (by hash when the server has it)")
-                await session.upload(use=plan is not None)
                 if plan is None:
-                    steps.step("profiling both peers, probing the link, planning")
-                    await session.measure_and_plan(client_costs=client_costs, grid=grid,
-                                                   progress=bool(progress),
-                                                   extra_methods=extra_methods, mine=mine)
+                    steps.step(f"uploading to {self.url} (by hash when the server has it), "
+                               "profiling both peers, probing the link, planning")
+                    await session.upload_and_plan(client_costs=client_costs, grid=grid,
+                                                  progress=bool(progress),
+                                                  extra_methods=extra_methods, mine=mine)
+                else:
+                    steps.step(f"uploading to {self.url} (by hash when the server has it)")
+                    await session.upload(use=True)
                 steps.step("ready")
             except (TransportError, ConnectError) as exc:
                 if self.strict:

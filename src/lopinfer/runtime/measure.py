@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import RemoteError
+from ..errors import ProfileError, RemoteError
 from ..scheduler.cost import PeerCosts
 from ..scheduler.link import transfer_samples
 from ..transports import Frame
@@ -62,6 +62,20 @@ async def server_costs(client: Client, *, tiles: tuple[int, ...] = (1, 4),
     from .profiler import costs_from_json
 
     reply = await client.request(ProfileRequest(tiles=list(tiles), repeats=repeats), Profiled)
+    costs = costs_from_json(reply.costs_json)
+    costs.name = costs.name or f"server:{reply.device}"
+    return costs
+
+
+async def kept_server_costs(client: Client, digest: str) -> PeerCosts | None:
+    """The server's costs for the graph of content hash ``digest`` if it kept them from
+    an earlier profile (asked before the upload, so planning can overlap it), or None."""
+    from .profiler import costs_from_json
+
+    try:
+        reply = await client.request(ProfileRequest(content_hash=digest), Profiled)
+    except ProfileError:
+        return None
     costs = costs_from_json(reply.costs_json)
     costs.name = costs.name or f"server:{reply.device}"
     return costs

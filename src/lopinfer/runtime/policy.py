@@ -219,31 +219,40 @@ class AdaptivePolicy:
         return asyncio.wrap_future(client.worker.submit(
             lambda: profile(graph, progress=progress, name="client")))
 
+    @staticmethod
+    async def probe(client: Client) -> LinkProbe:
+        """The link, probed now, or as probed moments ago on this client's connection."""
+        from .measure import probe_link
+
+        recent = client.last_probe
+        if recent is not None and time.monotonic() - recent[0] < PROBE_REUSE_S:
+            return recent[1]
+        probe = await probe_link(client)
+        client.last_probe = (time.monotonic(), probe)
+        return probe
+
     async def measure(self, client: Client, *, client_costs: PeerCosts | None = None,
                       grid: list[float] | None = None, progress: bool = False,
                       extra_methods: tuple[str, ...] = (),
-                      mine: asyncio.Future | None = None) -> None:
+                      mine: asyncio.Future | None = None,
+                      server: PeerCosts | None = None) -> None:
         """Profile both peers (in parallel; ``mine``: this peer's profile, started
-        already) and probe the link, plan the probed bandwidth, and fill the rest of
-        the plan book in the background."""
-        from .measure import probe_link, server_costs
+        already; ``server``: the server's, kept from an earlier deploy) and probe the
+        link, plan the probed bandwidth, and fill the rest of the plan book in the
+        background."""
+        from .measure import server_costs
 
         graph = self.graph
         t0 = time.perf_counter()
         if client_costs is None and mine is None:  # measured here, while the server measures
             mine = self.profile_client(client, progress)
         try:
-            theirs = await server_costs(client)
+            theirs = server if server is not None else await server_costs(client)
         finally:
             ccosts = await mine if mine is not None else client_costs
         assert ccosts is not None
         t1 = time.perf_counter()
-        recent = client.last_probe
-        if recent is not None and time.monotonic() - recent[0] < PROBE_REUSE_S:
-            probe = recent[1]  # measured moments ago on this connection's link
-        else:
-            probe = await probe_link(client)
-            client.last_probe = (time.monotonic(), probe)
+        probe = await self.probe(client)
         self.seed(probe)
         t2 = time.perf_counter()
         self.base_cost = CostModel(ccosts, theirs, Link(probe.up, probe.rtt / 2, probe.up_frame_s),

@@ -29,7 +29,8 @@ from ..scheduler.cost import NodeCost, PeerCosts, costs_from_json, costs_to_json
 from .executor import TiledExecutor
 from .wire import Lz4Meter, measure_codec
 
-__all__ = ["profile", "fit_line", "costs_to_json", "costs_from_json"]  # the last three: re-exported
+__all__ = ["profile", "cached_costs", "fit_line", "costs_to_json",
+           "costs_from_json"]  # the last three: re-exported
 
 _MEMO: dict[tuple[str, str, int], PeerCosts] = {}
 
@@ -52,6 +53,23 @@ def _key(graph: Graph, device: str) -> tuple[str, str, int] | None:
         return None
 
 
+def _cached(key: tuple[str, str, int]) -> PeerCosts | None:
+    if key in _MEMO:
+        return _MEMO[key]
+    try:
+        _MEMO[key] = costs_from_json((_cache_dir() / _file_name(key)).read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent, or unreadable: profiled again (and rewritten) when asked
+    return _MEMO[key]
+
+
+def cached_costs(digest: str, device: torch.device | str = "cpu") -> PeerCosts | None:
+    """The costs :func:`profile` measured and kept for the graph of content hash
+    ``digest`` on ``device`` at this process's thread count, or None (never measures:
+    a server answers from it before the graph is uploaded)."""
+    return _cached((digest, str(torch.device(device)), torch.get_num_threads()))
+
+
 def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
             tiles: tuple[int, ...] = (1, 4), repeats: int = 3, name: str = "",
             cache: bool = True, progress: bool = False,
@@ -62,15 +80,8 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     device = str(dev)
     key = _key(graph, device) if cache else None
-    if key is not None:
-        if key in _MEMO:
-            return _MEMO[key]
-        path = _cache_dir() / _file_name(key)
-        try:
-            _MEMO[key] = costs_from_json(path.read_text())
-            return _MEMO[key]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # absent, or unreadable: profile again and rewrite it
+    if key is not None and (known := _cached(key)) is not None:
+        return known
     if inputs is None:
         # a uint8 frame of zeros would make every activation compress ~100x (the LZ4
         # ratios are profiled on these values): random pixels instead

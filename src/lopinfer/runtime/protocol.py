@@ -92,10 +92,13 @@ WORKING_INTERVAL = 2.0  # seconds between Working messages
 
 @register_message
 class ProfileRequest(Message, tag="profile_request"):
-    """Client -> server: measure the deployed graph's per-node costs on your device."""
+    """Client -> server: measure the deployed graph's per-node costs on your device;
+    with ``content_hash``, only the costs kept from an earlier profile of that graph
+    (answered before any upload; ``ProfileError`` when there are none)."""
 
     tiles: list[int] = msgspec.field(default_factory=lambda: [1, 4])
     repeats: int = 2
+    content_hash: str = ""
 
 
 @register_message

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["ServerSession"]
 
 log = logger("server")
+_HEX_HASH = re.compile("[0-9a-f]{64}")
 
 
 class ServerSession:
@@ -200,8 +202,19 @@ class ServerSession:
     async def _profile(self, msg: ProfileRequest) -> None:
         """Measure the deployed graph on this server's device (cached by content hash,
         device and threads), on the device worker so it never races an inference."""
-        from .profiler import costs_to_json, profile
+        from .profiler import cached_costs, costs_to_json, profile
 
+        if msg.content_hash:  # kept costs only: nothing measured, nothing deployed needed
+            if not _HEX_HASH.fullmatch(msg.content_hash):
+                raise ProtocolError("a profile's content_hash must be 64 hex digits")
+            kept = cached_costs(msg.content_hash, self.server.device)
+            if kept is None:
+                await self.fail(ProfileError(f"no profile kept for {msg.content_hash[:16]}..."))
+                return
+            await self.conn.send_message(Profiled(
+                costs_json=costs_to_json(kept), device=str(self.server.device),
+                threads=torch.get_num_threads(), seconds=0.0))
+            return
         if self.graph is None:
             await self.fail(ProfileError("no graph deployed"))
             return

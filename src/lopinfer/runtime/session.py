@@ -155,6 +155,37 @@ class Session:
         if use:
             await self.use_plan(self.plan or self.default_plan, pin=False)
 
+    async def upload_and_plan(self, *, client_costs: PeerCosts | None = None,
+                              grid: list[float] | None = None, progress: bool = False,
+                              extra_methods: tuple[str, ...] = (),
+                              mine: asyncio.Future | None = None) -> None:
+        """Upload, measure and plan (see :meth:`Client.deploy`). When the server kept
+        its costs for this graph from an earlier deploy, the link is probed first and
+        the first plan is made while the weights go up; otherwise the server profiles
+        the graph once it has it."""
+        from ..graph.serialize import content_hash
+        from .measure import kept_server_costs
+
+        digest = await asyncio.to_thread(content_hash, self.graph)
+        theirs = await kept_server_costs(self.client, digest)
+        if theirs is None:
+            await self.upload(use=False)
+            await self.measure_and_plan(client_costs=client_costs, grid=grid,
+                                        progress=progress, extra_methods=extra_methods,
+                                        mine=mine)
+            return
+        await self.policy.probe(self.client)  # before the weights load the link
+        self.policy.graph_hash = digest  # the plan book's key (the server checks it)
+        got = await asyncio.gather(
+            self.upload(use=False),
+            self.policy.measure(self.client, client_costs=client_costs, grid=grid,
+                                progress=progress, extra_methods=extra_methods, mine=mine,
+                                server=theirs), return_exceptions=True)
+        for r in got:  # both awaited to the end; the first failure raised
+            if isinstance(r, BaseException):
+                raise r
+        await self._choose(force=True)
+
     async def measure_and_plan(self, *, client_costs: PeerCosts | None = None,
                                grid: list[float] | None = None, progress: bool = False,
                                extra_methods: tuple[str, ...] = (),
