@@ -46,6 +46,8 @@ def test_a_fresh_server_with_kept_costs_is_planned_for_during_the_upload(tmp_pat
             (url,) = await server.start(TCP)
             async with connect(url, strict=True) as client:
                 session = await client.deploy(graph, None, progress=False)
+                assert "first inference" in session.policy.choice.reason
+                assert session.program is not None  # compiled before the first inference
                 assert_exact(await session.infer(x), reference(model, x))
                 assert session.plan is not None and session.policy.book is not None
                 return server.stats.deploys

@@ -176,15 +176,24 @@ class Session:
             return
         await self.policy.probe(self.client)  # before the weights load the link
         self.policy.graph_hash = digest  # the plan book's key (the server checks it)
-        got = await asyncio.gather(
-            self.upload(use=False),
-            self.policy.measure(self.client, client_costs=client_costs, grid=grid,
-                                progress=progress, extra_methods=extra_methods, mine=mine,
-                                server=theirs), return_exceptions=True)
+
+        async def plan_and_compile() -> None:  # all of it while the weights go up
+            await self.policy.measure(self.client, client_costs=client_costs, grid=grid,
+                                      progress=progress, extra_methods=extra_methods,
+                                      mine=mine, server=theirs)
+            plan = await self.policy.choose(force=True)
+            if plan is not None and id(plan) not in self._programs:
+                program = await asyncio.to_thread(compile_plan, self.graph, plan)
+                self._programs[id(plan)] = (plan, program)
+
+        got = await asyncio.gather(self.upload(use=False), plan_and_compile(),
+                                   return_exceptions=True)
         for r in got:  # both awaited to the end; the first failure raised
             if isinstance(r, BaseException):
                 raise r
-        await self._choose(force=True)
+        choice = self.policy.choice  # made above: its program is compiled here already
+        if choice is not None:
+            await self.use_plan(choice.scored.plan, pin=False)
 
     async def measure_and_plan(self, *, client_costs: PeerCosts | None = None,
                                grid: list[float] | None = None, progress: bool = False,
