@@ -63,6 +63,10 @@ __all__ = [
     "weights_parts",
     "weights_from_safetensors",
     "content_hash",
+    "WeightsDigest",
+    "weights_digest",
+    "hash_with",
+    "remember_hash",
     "pack",
     "unpack",
     "unpack_parts",
@@ -243,12 +247,53 @@ def weights_to_safetensors(graph: Graph) -> bytes:
 
 # -- hash ------------------------------------------------------------------------------------
 def content_hash(graph: Graph) -> str:
-    """sha256 (hex) over the canonical JSON and every parameter's raw bytes, in order.
+    """sha256 (hex) over the canonical JSON and a sha256 of every parameter's raw bytes,
+    in the graph's order (:func:`weights_digest`; the JSON names each parameter, its
+    shape and dtype, so it says how that byte stream divides).
 
     Stable across processes and machines (little-endian); a graph loaded back with
-    :func:`unpack` hashes the same as the one packed. Servers cache deployed graphs by it.
+    :func:`unpack` hashes the same as the one packed. Servers cache deployed graphs by
+    it, and a server hashes the weights as they arrive (:class:`WeightsDigest`).
     """
     return _hash(graph_to_json(graph), graph)
+
+
+class WeightsDigest:
+    """The parameters' byte stream hashed as it comes (a part at a time, any split):
+    :func:`hash_with` then binds it to the graph JSON."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(b"lopinfer.weights/1\0")
+
+    def update(self, part: torch.Tensor) -> None:
+        if part.numel():
+            self._h.update(part.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+
+def weights_digest(graph: Graph) -> bytes:
+    """sha256 of every parameter's raw bytes, one after the other, in the graph's order."""
+    d = WeightsDigest()
+    for t in graph.params.values():
+        d.update(t)
+    return d.digest()
+
+
+def hash_with(text: str, weights: bytes) -> str:
+    """The content hash of graph JSON ``text`` and its parameters' :func:`weights_digest`."""
+    data = text.encode("ascii")
+    return hashlib.sha256(b"lopinfer.graph/2\0" + len(data).to_bytes(8, "little") + data
+                          + weights).hexdigest()
+
+
+def remember_hash(graph: Graph, digest: str) -> None:
+    """Memoise ``digest`` as ``graph``'s hash (computed from its parts as they arrived)."""
+    try:
+        _HASHES[graph] = (_stamp(graph), graph_to_json(graph), digest)
+    except TypeError:
+        pass
 
 
 # graph -> (its parameters' stamp, the JSON hashed, the hash): a deploy hashes a graph
@@ -266,23 +311,12 @@ def _hash(text: str, graph: Graph) -> str:
     known = _HASHES.get(graph)
     if known is not None and known[0] == stamp and known[1] == text:
         return known[2]
-    digest = _hash_now(text, graph)
+    digest = hash_with(text, weights_digest(graph))
     try:
         _HASHES[graph] = (stamp, text, digest)
     except TypeError:  # a graph type that cannot be weakly referenced: no memo
         pass
     return digest
-
-
-def _hash_now(text: str, graph: Graph) -> str:
-    h = hashlib.sha256()
-    data = text.encode("ascii")
-    h.update(b"lopinfer.graph/1\0" + len(data).to_bytes(8, "little") + data)
-    for name, t in graph.params.items():
-        raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-        h.update(name.encode() + b"\0" + raw.nbytes.to_bytes(8, "little"))
-        h.update(raw.data)
-    return h.hexdigest()
 
 
 # -- pack / unpack -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import DeployError, LopInferError, ProtocolError
 from ..graph import Graph
+from ..graph.serialize import WeightsDigest
 from ..log import logger
 from .limits import check_graph
 from .protocol import Deploy
@@ -56,6 +57,10 @@ class Uploads:
         self.weight_parts: list[torch.Tensor] = []  # parts of the next Deploy's weights
         self.weight_bytes = 0  # ... their size (counted in the server's pending uploads)
         self.uploaded = 0  # weight bytes this session uploaded in all
+        # the parts hashed as they arrive, in order, off the loop: by the Deploy only the
+        # JSON is left to hash (a chain of tasks, each waiting for the one before)
+        self._digest = WeightsDigest()
+        self._hashing: asyncio.Task | None = None
 
     def add_chunk(self, t: torch.Tensor) -> None:
         """Hold one weights frame's tensor (a parameter's part) for the next ``Deploy``."""
@@ -67,11 +72,25 @@ class Uploads:
                                 f"{self.server.limits.max_model_bytes}")
         self.count(n, pending=True)
         self.weight_parts.append(t)
+        self._hashing = asyncio.ensure_future(self._hash_after(self._hashing, self._digest, t))
 
-    def take(self) -> list[torch.Tensor]:
-        """The parts held for the next ``Deploy`` (held no longer here)."""
+    @staticmethod
+    async def _hash_after(before: asyncio.Task | None, digest: WeightsDigest,
+                          t: torch.Tensor) -> None:
+        if before is not None:
+            await before
+        if t.numel() * t.element_size() >= 1 << 20:
+            await asyncio.to_thread(digest.update, t)  # hashlib lets go of the GIL
+        else:
+            digest.update(t)
+
+    def take(self) -> tuple[list[torch.Tensor], asyncio.Task | None, WeightsDigest]:
+        """The parts held for the next ``Deploy`` (held no longer here), the task that
+        hashes the last of them, and their digest."""
         parts, self.weight_parts = self.weight_parts, []
-        return parts
+        hashing, digest = self._hashing, self._digest
+        self._hashing, self._digest = None, WeightsDigest()
+        return parts, hashing, digest
 
     def count(self, n: int, *, pending: bool = False) -> None:
         """Charge ``n`` uploaded bytes to this session (and, while held, to the server)."""
@@ -93,9 +112,13 @@ class Uploads:
         self.server.pending_upload -= self.weight_bytes
         self.weight_bytes = 0
         self.weight_parts = []
+        if self._hashing is not None:  # a closed session's hashing stops (the chain too)
+            self._hashing.cancel()
+            self._hashing, self._digest = None, WeightsDigest()
 
 
-async def deployment(srv: Server, uploads: Uploads, msg: Deploy, parts: list[torch.Tensor]
+async def deployment(srv: Server, uploads: Uploads, msg: Deploy, parts: list[torch.Tensor],
+                     hashing: asyncio.Task | None, weights: WeightsDigest
                      ) -> tuple[Graph | None, str, bool]:
     """(graph, its hash, was cached) for a Deploy; the hash is always one this server
     computed from the bytes it received (a client's claim is only a lookup key)."""
@@ -108,7 +131,7 @@ async def deployment(srv: Server, uploads: Uploads, msg: Deploy, parts: list[tor
     if size > srv.limits.max_model_bytes:
         raise DeployError(f"weights of {size} bytes are over the server's "
                           f"max_model_bytes={srv.limits.max_model_bytes}")
-    from ..graph.serialize import content_hash, unpack_parts
+    from ..graph.serialize import graph_to_json, hash_with, remember_hash, unpack_parts
 
     t0 = time.perf_counter()
     try:  # the parts become the parameters (views): nothing joined or copied
@@ -119,9 +142,12 @@ async def deployment(srv: Server, uploads: Uploads, msg: Deploy, parts: list[tor
         raise DeployError(str(exc)) from exc
     parts.clear()
     t1 = time.perf_counter()
-    digest = await asyncio.to_thread(content_hash, graph)
-    log.info("deploy of %s: %d weight bytes checked in %.2f s, hashed in %.2f s",
-             graph.name, size, t1 - t0, time.perf_counter() - t1)
+    if hashing is not None:
+        await hashing  # the weights, hashed as they came
+    digest = hash_with(graph_to_json(graph), weights.digest())
+    remember_hash(graph, digest)  # for the profile cache's key, say: hashed once
+    log.info("deploy of %s: %d weight bytes checked in %.2f s, their hash waited for "
+             "%.2f s", graph.name, size, t1 - t0, time.perf_counter() - t1)
     if not hmac.compare_digest(digest, msg.content_hash):
         raise DeployError(f"content hash {msg.content_hash[:16]}... does not match the "
                           f"uploaded graph and weights (they hash to {digest[:16]}...)")

@@ -179,15 +179,18 @@ class ServerSession:
 
     async def _deploy(self, msg: Deploy) -> None:
         srv = self.server
-        parts = self.uploads.take()
+        parts, hashing, weights = self.uploads.take()
         try:
             async with self.working("deploying"):
-                graph, key, cached = await deployment(srv, self.uploads, msg, parts)
+                graph, key, cached = await deployment(srv, self.uploads, msg, parts, hashing,
+                                                      weights)
         except DeployError as exc:
             await self.fail(exc)
             return
         finally:
             del parts
+            if hashing is not None and not hashing.done():  # refused before it was needed
+                hashing.cancel()
             self.release_uploads()
         if graph is None:
             await self.fail(UnknownDeploymentError(key))
