@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from transport_helpers import make, same
 
 from lopinfer.errors import InputError, ProtocolError
-from lopinfer.runtime.protocol import Hello  # the application's messages
+from lopinfer.runtime.protocol import PROTOCOL_VERSION, Hello  # the application's messages
 from lopinfer.transports import (
     SUPPORTED_DTYPES,
     Bye,
@@ -149,8 +149,15 @@ CASES = {
     "lz4 flag on garbage": lambda: patch(valid(), 6, "H", FLAG_LZ4),
     "bool bytes": lambda: bytearray(encode_frame(Frame(tensor=torch.ones(4, dtype=torch.bool)))[:-1] + b"\x07"),
     "bad message": lambda: bytearray(encode_frame(Bye())[:-3] + b"\xc1\xc1\xc1"),
-    "message schema": lambda: bytearray(encode_frame(Hello())).replace(b"protocol_version\x02", b"protocol_version\xa12"),
+    "message schema": lambda: _replaced(bytearray(encode_frame(Hello())),
+                                        b"protocol_version" + bytes([PROTOCOL_VERSION]),
+                                        b"protocol_version\xa1" + str(PROTOCOL_VERSION).encode()),
 }
+
+
+def _replaced(data: bytearray, old: bytes, new: bytes) -> bytearray:
+    assert old in data  # the case must change something (it silently did not, once)
+    return data.replace(old, new)
 
 
 @pytest.mark.parametrize("name", list(CASES))
