@@ -145,9 +145,27 @@ async def run(spec: dict) -> None:
         graph = await asyncio.to_thread(lopinfer.capture, model, (x,))
         control.calibrated(m)
         control.throttle(True)  # the device's costs are measured as the device is
-        # on the real input: the LZ4 ratios of a camera frame's or a grid's activations
-        mine = await asyncio.to_thread(profile, graph, (x,), tiles=(1, 4), repeats=1,
-                                       name="device")
+        stretch = isinstance(control, PipeControl) and control_k_target(control, m)
+        if stretch and isinstance(control, PipeControl):
+            # a sleeping device's caches go cold (the host runs others meanwhile), so
+            # its tasks cost more CPU stretched than when calibrated: measure the local
+            # plan as it runs and correct k once (references are then frozen). Before
+            # the profile: profiled on k and on references still falling, the device's
+            # costs came out 2.07x its measured local time (agrnav, 2026-12-03)
+            ex = TiledExecutor(graph, 1)
+            for _ in range(FREEZE):
+                ex(x)
+            t = time.perf_counter()
+            ex(x)
+            control.k *= m["target_s"] / (time.perf_counter() - t)
+            control.throttle(True)
+            _say(f"{loaded.name}: stretch corrected to {control.k:.2f}")
+            m["stretch"] = control.k
+            del ex
+        # on the real input: the LZ4 ratios of a camera frame's or a grid's activations;
+        # stretched, as many runs as freeze each tile's reference CPU time
+        mine = await asyncio.to_thread(profile, graph, (x,), tiles=(1, 4),
+                                       repeats=FREEZE if stretch else 1, name="device")
         control.throttle(False)  # planning is deploy-time work, not in any latency
         # weights are installed on a server once, not per inference: upload them over a
         # fast link so that the deploy below sends only the content hash
@@ -175,20 +193,6 @@ async def run(spec: dict) -> None:
             limits = {r: physical_limit(graph, session.cost.with_bandwidth(r / dil, r / dil)).seconds
                       for scen in spec["scenarios"] for r in scen["rates"]}
             control.throttle(True)
-            if isinstance(control, PipeControl) and control_k_target(control, m):
-                # a sleeping device's caches go cold (the host runs others meanwhile), so
-                # its tasks cost more CPU stretched than when calibrated: measure the
-                # local plan as it runs and correct k once (references are then frozen)
-                ex = TiledExecutor(graph, 1)
-                for _ in range(FREEZE):
-                    ex(x)
-                t = time.perf_counter()
-                ex(x)
-                control.k *= m["target_s"] / (time.perf_counter() - t)
-                control.throttle(True)
-                _say(f"{loaded.name}: stretch corrected to {control.k:.2f}")
-                m["stretch"] = control.k
-                del ex
             _say(f"{loaded.name}: warm-up, one untimed inference per method")
             for method in methods:  # first calls pack weights and build executors
                 await session.use_planner(method)
