@@ -146,7 +146,7 @@ async def run(spec: dict) -> None:
         control.calibrated(m)
         control.throttle(True)  # the device's costs are measured as the device is
         stretch = isinstance(control, PipeControl) and control_k_target(control, m)
-        if stretch and isinstance(control, PipeControl):
+        if isinstance(control, PipeControl) and stretch:
             # a sleeping device's caches go cold (the host runs others meanwhile), so
             # its tasks cost more CPU stretched than when calibrated: measure the local
             # plan as it runs and correct k once (references are then frozen). Before

@@ -288,10 +288,11 @@ def hash_with(text: str, weights: bytes) -> str:
                           + weights).hexdigest()
 
 
-def remember_hash(graph: Graph, digest: str) -> None:
-    """Memoise ``digest`` as ``graph``'s hash (computed from its parts as they arrived)."""
+def remember_hash(graph: Graph, text: str, digest: str) -> None:
+    """Memoise ``digest`` as the hash of ``graph`` (whose JSON is ``text``), computed from
+    its parts as they arrived."""
     try:
-        _HASHES[graph] = (_stamp(graph), graph_to_json(graph), digest)
+        _HASHES[graph] = (_stamp(graph), text, digest)
     except TypeError:
         pass
 

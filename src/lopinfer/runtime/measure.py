@@ -59,23 +59,23 @@ class LinkProbe:
 async def server_costs(client: Client, *, tiles: tuple[int, ...] = (1, 4),
                        repeats: int = 2) -> PeerCosts:
     """The deployed graph's per-node costs measured on the server's device."""
-    from .profiler import costs_from_json
 
     reply = await client.request(ProfileRequest(tiles=list(tiles), repeats=repeats), Profiled)
-    costs = costs_from_json(reply.costs_json)
-    costs.name = costs.name or f"server:{reply.device}"
-    return costs
+    return _costs(reply)
 
 
 async def kept_server_costs(client: Client, digest: str) -> PeerCosts | None:
     """The server's costs for the graph of content hash ``digest`` if it kept them from
     an earlier profile (asked before the upload, so planning can overlap it), or None."""
-    from .profiler import costs_from_json
-
     try:
-        reply = await client.request(ProfileRequest(content_hash=digest), Profiled)
+        return _costs(await client.request(ProfileRequest(content_hash=digest), Profiled))
     except ProfileError:
         return None
+
+
+def _costs(reply: Profiled) -> PeerCosts:
+    from .profiler import costs_from_json
+
     costs = costs_from_json(reply.costs_json)
     costs.name = costs.name or f"server:{reply.device}"
     return costs

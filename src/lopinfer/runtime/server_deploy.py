@@ -117,7 +117,7 @@ class Uploads:
             self._hashing, self._digest = None, WeightsDigest()
 
 
-async def deployment(srv: Server, uploads: Uploads, msg: Deploy, parts: list[torch.Tensor],
+async def deployment(srv: Server, msg: Deploy, parts: list[torch.Tensor],
                      hashing: asyncio.Task | None, weights: WeightsDigest
                      ) -> tuple[Graph | None, str, bool]:
     """(graph, its hash, was cached) for a Deploy; the hash is always one this server
@@ -144,8 +144,9 @@ async def deployment(srv: Server, uploads: Uploads, msg: Deploy, parts: list[tor
     t1 = time.perf_counter()
     if hashing is not None:
         await hashing  # the weights, hashed as they came
-    digest = hash_with(graph_to_json(graph), weights.digest())
-    remember_hash(graph, digest)  # for the profile cache's key, say: hashed once
+    text = graph_to_json(graph)
+    digest = hash_with(text, weights.digest())
+    remember_hash(graph, text, digest)  # for the profile cache's key, say: hashed once
     log.info("deploy of %s: %d weight bytes checked in %.2f s, their hash waited for "
              "%.2f s", graph.name, size, t1 - t0, time.perf_counter() - t1)
     if not hmac.compare_digest(digest, msg.content_hash):

@@ -182,8 +182,7 @@ class ServerSession:
         parts, hashing, weights = self.uploads.take()
         try:
             async with self.working("deploying"):
-                graph, key, cached = await deployment(srv, self.uploads, msg, parts, hashing,
-                                                      weights)
+                graph, key, cached = await deployment(srv, msg, parts, hashing, weights)
         except DeployError as exc:
             await self.fail(exc)
             return

@@ -186,11 +186,7 @@ class Session:
                 program = await asyncio.to_thread(compile_plan, self.graph, plan)
                 self._programs[id(plan)] = (plan, program)
 
-        got = await asyncio.gather(self.upload(use=False), plan_and_compile(),
-                                   return_exceptions=True)
-        for r in got:  # both awaited to the end; the first failure raised
-            if isinstance(r, BaseException):
-                raise r
+        await _all(self.upload(use=False), plan_and_compile())
         choice = self.policy.choice  # made above: its program is compiled here already
         if choice is not None:
             await self.use_plan(choice.scored.plan, pin=False)
@@ -238,13 +234,7 @@ class Session:
         else:
             mine = asyncio.to_thread(compile_plan, self.graph, plan)
         if plan.uses_server() and self.client.connected:  # both peers compile at once
-            got = await asyncio.gather(mine, self.server_plans.ensure(self.client, plan),
-                                       return_exceptions=True)
-            for r in got:  # both awaited to the end; the first failure raised
-                if isinstance(r, BaseException):
-                    raise r
-            program: Bound = got[0]  # type: ignore[assignment]
-            self.plan_id = got[1]  # type: ignore[assignment]
+            program, self.plan_id = await _all(mine, self.server_plans.ensure(self.client, plan))
         else:
             program = await mine
         self._programs[id(plan)] = (plan, program)
@@ -406,3 +396,13 @@ class Session:
     def __repr__(self) -> str:
         return (f"<Session {self.graph.name!r} plan={self.plan.name if self.plan else None!r} "
                 f"remote={self.remote}>")
+
+
+async def _all(*aws: Any) -> list[Any]:
+    """Every awaitable's result, each awaited to its end (none left running unwatched);
+    the first failure is raised."""
+    got = await asyncio.gather(*aws, return_exceptions=True)
+    for r in got:
+        if isinstance(r, BaseException):
+            raise r
+    return got
