@@ -78,8 +78,8 @@ def test_the_profile_measures_the_wire(tmp_path, monkeypatch):
     assert 0 < costs.frame_cpu < 0.05
     assert 0 < costs.codec_per_byte < 1e-6
     again = costs_from_json(costs_to_json(costs))
-    assert (again.frame_cpu, again.codec_per_byte, again.lz4_ratio) == \
-        (costs.frame_cpu, costs.codec_per_byte, costs.lz4_ratio)
+    assert (again.frame_cpu, again.codec_per_byte, again.lz4_ratio, again.lz4_time) == \
+        (costs.frame_cpu, costs.codec_per_byte, costs.lz4_ratio, costs.lz4_time)
     if HAVE_LZ4:
         assert costs.lz4_per_byte > 0 and costs.unlz4_per_byte > 0
         relus = [n.name for n in g if n.name in costs.lz4_ratio and "relu" in n.name]
@@ -88,6 +88,46 @@ def test_the_profile_measures_the_wire(tmp_path, monkeypatch):
         assert min(costs.lz4_ratio[r] for r in relus) < 0.9
         (inp,) = g.inputs
         assert costs.lz4_ratio.get(inp, 1.0) > 0.9
+        assert set(costs.lz4_time) == set(costs.lz4_ratio)
+        assert all(c > 0 and d > 0 for c, d in costs.lz4_time.values())
+
+
+@needs_lz4
+def test_each_value_is_priced_at_the_lz4_speed_measured_on_it(tmp_path, monkeypatch):
+    """A mostly empty occupancy grid compresses several times faster than the
+    activations that set a peer's average: its frames are priced at its own speed (the
+    offload of the AGRNav-style grid was over-predicted by 12% on the average)."""
+    from lopinfer.workloads.inputs import lidar_grid
+
+    monkeypatch.setenv("LOPINFER_CACHE", str(tmp_path))
+    monkeypatch.setattr("lopinfer.runtime.profiler._MEMO", {})
+    model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU()).eval()
+    grid = lidar_grid(128, 32)
+    g = lopinfer.capture(model, (grid,))
+    (inp,) = g.inputs
+    relu = g.nodes[-1].name
+    measured = profile(g, (grid,), repeats=1)
+    costs = PeerCosts(dict(measured.nodes), lz4_per_byte=measured.lz4_per_byte,  # LZ4 only
+                      unlz4_per_byte=measured.unlz4_per_byte, lz4_ratio=measured.lz4_ratio,
+                      lz4_time=measured.lz4_time)
+    assert costs.lz4_ratio[inp] < 0.1  # mostly zeros
+    assert costs.lz4_time[inp][0] < costs.lz4_time[relu][0]  # and quick to compress
+    # pricing: the grid's own time on the sender; a value nobody measured: the averages
+    server = PeerCosts(dict(costs.nodes), lz4_per_byte=costs.lz4_per_byte / 2,
+                       unlz4_per_byte=costs.unlz4_per_byte / 2)
+    cm = CostModel(costs, server, Link(1e5, 0.0, 0.0), Link(1e5, 0.0, 0.0))
+    n = grid.numel() * 4
+    took, wire = cm.transfer("server", n, inp)
+    c, d = costs.lz4_time[inp]
+    expect = d * server.unlz4_per_byte / costs.unlz4_per_byte  # as much faster there
+    assert wire == int(n * costs.lz4_ratio[inp])
+    assert took == pytest.approx(n * (c + expect) + wire / 1e5)
+    # from the server to the client, the client's measurement of the value still holds
+    back, _ = cm.transfer("client", n, inp)
+    assert back == pytest.approx(n * (c * server.lz4_per_byte / costs.lz4_per_byte + d)
+                                 + wire / 1e5)
+    slower = costs.scaled(3.0)
+    assert slower.lz4_time[inp] == pytest.approx((3 * c, 3 * d))
 
 
 @needs_lz4

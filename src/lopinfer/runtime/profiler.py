@@ -40,8 +40,9 @@ def _cache_dir() -> Path:
 
 
 def _file_name(key: tuple[str, str, int]) -> str:
-    # v2: profiles carry the wire's costs; older files are not read (measured again)
-    return f"{key[0][:32]}-{key[1]}-{key[2]}.v2.json"
+    # v2: profiles carry the wire's costs; v3: and each value's LZ4 speed; older files
+    # are not read (measured again)
+    return f"{key[0][:32]}-{key[1]}-{key[2]}.v3.json"
 
 
 def _key(graph: Graph, device: str) -> tuple[str, str, int] | None:
@@ -115,7 +116,7 @@ def profile(graph: Graph, inputs: tuple[torch.Tensor, ...] | None = None, *,
     frame_cpu, codec_per_byte = measure_codec(dev)
     lz4_c, lz4_d = lz4.per_byte()
     costs = PeerCosts(nodes, _copy_cost(dev), name or f"{device}x{torch.get_num_threads()}",
-                      frame_cpu, codec_per_byte, lz4_c, lz4_d, lz4.ratio)
+                      frame_cpu, codec_per_byte, lz4_c, lz4_d, lz4.ratio, lz4.time)
     if key is not None:
         _MEMO[key] = costs
         try:

@@ -7,14 +7,18 @@ speed. The link is one FIFO per direction: a frame of ``n`` bytes occupies it fo
 
     link.frame_overhead + sender.frame_cpu + receiver.frame_cpu
       + n * (sender.codec_per_byte + receiver.codec_per_byte)
-      [+ n * (sender.lz4_per_byte + receiver.unlz4_per_byte)]   when LZ4 pays
+      [+ n * (compress + decompress seconds per byte)]           when LZ4 pays
       + wire_bytes / bandwidth
 
 and arrives ``latency`` later. The peers' parts are measured by their profiles; the
 link's own per-frame part is fitted from the deploy's probe. Whether a frame is
 compressed follows the transport's own rule (:class:`~lopinfer.transports.AdaptiveCompressor`)
 with the ratio the profile measured on that value, so ``wire_bytes`` is ``n * ratio``
-when LZ4 pays and ``n`` otherwise.
+when LZ4 pays and ``n`` otherwise. LZ4's speed depends on the data (a mostly empty
+occupancy grid compresses about 6x faster than an activation), so a value's seconds
+per byte are the ones measured on it where a profile has them (the sender's own for
+compressing; the receiver's average scaled by how much faster or slower the measuring
+peer found that value for decompressing), else the peers' averages.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class PeerCosts:
     unlz4_per_byte: float = 0.0
     #: value name -> LZ4 compressed size over raw size, measured on its output
     lz4_ratio: dict[str, float] = field(default_factory=dict)
+    #: value name -> (compress, decompress) seconds per raw byte measured on it
+    lz4_time: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def task(self, node: str, rows: int) -> float:
         c = self.nodes.get(node)
@@ -69,7 +75,8 @@ class PeerCosts:
                          self.copy_per_byte * factor, name or self.name,
                          self.frame_cpu * factor, self.codec_per_byte * factor,
                          self.lz4_per_byte * factor, self.unlz4_per_byte * factor,
-                         dict(self.lz4_ratio))
+                         dict(self.lz4_ratio),
+                         {k: (c * factor, d * factor) for k, (c, d) in self.lz4_time.items()})
 
 
 @dataclass
@@ -118,30 +125,43 @@ class CostModel:
         cpu = src.frame_cpu + dst.frame_cpu + nbytes * (src.codec_per_byte + dst.codec_per_byte)
         wire = nbytes
         ratio = None if value is None else src.lz4_ratio.get(value, dst.lz4_ratio.get(value))
-        if ratio is not None and self._compresses(nbytes, ratio, link.bandwidth, src, dst):
-            wire = int(nbytes * ratio)
-            cpu += nbytes * _lz4_per_byte(src, dst)
+        if ratio is not None:
+            overhead = lz4_per_byte(src, dst, value)
+            if self._compresses(nbytes, ratio, link.bandwidth, overhead):
+                wire = int(nbytes * ratio)
+                cpu += nbytes * overhead
         return link.frame_overhead + cpu + wire / link.bandwidth, wire
 
-    def _compresses(self, n: int, ratio: float, bandwidth: float,
-                    src: PeerCosts, dst: PeerCosts) -> bool:
-        """The transport's decision (``AdaptiveCompressor``) once it has learnt the ratio."""
+    def _compresses(self, n: int, ratio: float, bandwidth: float, overhead: float) -> bool:
+        """The transport's decision (``AdaptiveCompressor``, which keeps each tensor's
+        own ratio and speed) once it has learnt them."""
         if self.compression == "off" or not lz4rule.HAVE_LZ4 or n < lz4rule.DEFAULT_MIN_SIZE:
             return False
         if ratio >= lz4rule.MIN_GAIN:
             return False  # tried, did not shrink enough: sent raw
         if self.compression == "always":
             return True
-        overhead = _lz4_per_byte(src, dst)
         t_raw = 1 / bandwidth
         return overhead < t_raw * lz4rule.MARGIN and overhead + ratio * t_raw < t_raw * lz4rule.MARGIN
 
 
-def _lz4_per_byte(src: PeerCosts, dst: PeerCosts) -> float:
-    """Compress on the sender plus decompress on the receiver, seconds per raw byte
-    (the transport's priors where a profile did not measure them)."""
-    return ((src.lz4_per_byte or 1 / lz4rule.SPEED_PRIOR)
-            + (dst.unlz4_per_byte or 1 / lz4rule.DECOMPRESS_SPEED_PRIOR))
+def lz4_per_byte(src: PeerCosts, dst: PeerCosts, value: str | None = None) -> float:
+    """Compress on the sender plus decompress on the receiver, seconds per raw byte of
+    ``value`` (the module doc; the transport's priors where no profile measured LZ4)."""
+    compress = src.lz4_per_byte or 1 / lz4rule.SPEED_PRIOR
+    decompress = dst.unlz4_per_byte or 1 / lz4rule.DECOMPRESS_SPEED_PRIOR
+    if value is None:
+        return compress + decompress
+    if value in src.lz4_time and src.lz4_per_byte:
+        c, d = src.lz4_time[value]
+        compress = c
+        if src.unlz4_per_byte:
+            decompress *= d / src.unlz4_per_byte  # the receiver, as much faster on it
+    elif value in dst.lz4_time and dst.lz4_per_byte:
+        c, d = dst.lz4_time[value]
+        compress *= c / dst.lz4_per_byte
+        decompress = d if dst.unlz4_per_byte else decompress
+    return compress + decompress
 
 
 def flop_costs(graph: Graph, flops_per_s: float, *, per_call: float = 20e-6,
@@ -184,7 +204,8 @@ def costs_to_json(costs: PeerCosts) -> str:
                                 "codec_per_byte": costs.codec_per_byte,
                                 "lz4_per_byte": costs.lz4_per_byte,
                                 "unlz4_per_byte": costs.unlz4_per_byte},
-                       "lz4_ratio": costs.lz4_ratio})
+                       "lz4_ratio": costs.lz4_ratio,
+                       "lz4_time": {k: list(v) for k, v in costs.lz4_time.items()}})
 
 
 def costs_from_json(text: str) -> PeerCosts:
@@ -193,4 +214,6 @@ def costs_from_json(text: str) -> PeerCosts:
             if k in ("frame_cpu", "codec_per_byte", "lz4_per_byte", "unlz4_per_byte")}
     return PeerCosts({str(k): NodeCost(float(a), float(b)) for k, (a, b) in d["nodes"].items()},
                      float(d["copy_per_byte"]), str(d.get("name", "")), **wire,
-                     lz4_ratio={str(k): float(v) for k, v in d.get("lz4_ratio", {}).items()})
+                     lz4_ratio={str(k): float(v) for k, v in d.get("lz4_ratio", {}).items()},
+                     lz4_time={str(k): (max(0.0, float(c)), max(0.0, float(t)))
+                               for k, (c, t) in d.get("lz4_time", {}).items()})
