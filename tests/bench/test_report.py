@@ -40,6 +40,7 @@ def records():
         rs.append(rec("vgg", FAST, "lopinfer", lat, i, up=100_000 * (i + 1), down=10_000 * (i + 1),
                       energy=float(i + 1), pred=0.033, bound=0.020, seq=0.050,
                       plan=plans[i], fell_back=(i == 2), timeline=SPANS))
+        rs[-1].update(wire_up=50_000 * (i + 1), wire_down=11_000 * (i + 1))  # LZ4, headers
     # local: no model of its own, so predicted/bound/sequential stay None.
     for i, lat in enumerate([0.060, 0.050, 0.070, 0.080]):
         rs.append(rec("vgg", FAST, "local", lat, i, plan="local"))
@@ -86,6 +87,8 @@ def test_summarise_latency_bytes_energy_plan(rows):
     assert lop["p95_s"] == pytest.approx(0.088)
     assert lop["mean_bytes_up"] == pytest.approx(300_000.0)
     assert lop["mean_bytes_down"] == pytest.approx(30_000.0)
+    assert (lop["mean_wire_up"], lop["mean_wire_down"]) == pytest.approx((150_000.0, 33_000.0))
+    assert rows["vgg", FAST, "local"]["mean_wire_up"] is None  # records without wire bytes
     assert lop["energy_j"] == pytest.approx(3.0)
     assert lop["rate_Bps"] == pytest.approx(10e6)
     assert lop["plan"] == "split-a"
@@ -175,10 +178,11 @@ def test_table_has_every_row_sorted_and_aligned():
     assert [k[2] for k in keys if k[1] == FAST] == ["lopinfer", "offload", "local"]
     lop = next(line for line in body if line.split()[:3] == ["vgg", FAST, "lopinfer"])
     # records without a limit show "-" in the limit columns
-    assert lop.split()[3:] == ["30.00", "88.00", "0.300", "0.030", "3.000", "33.00", "20.00",
-                               "-", "-", "0.67", "1.50x"]
+    assert lop.split()[3:] == ["30.00", "88.00", "0.300", "0.030", "0.150", "0.033", "3.000",
+                               "33.00", "20.00", "-", "-", "0.67", "1.50x"]
     local = next(line for line in body if line.split()[:3] == ["vgg", FAST, "local"])
-    assert local.split()[8:] == ["-", "-", "-", "-", "-", "0.46x"]
+    assert local.split()[7:9] == ["-", "-"]  # no wire bytes recorded
+    assert local.split()[10:] == ["-", "-", "-", "-", "-", "0.46x"]
     # Fixed width: every line of the header rule's length or less, columns line up.
     assert max(len(line) for line in lines) == len(lines[1])
     ends = {line.index("30.00") + 5 for line in body if "30.00" in line}

@@ -154,6 +154,14 @@ def test_predicted_wire_bytes_match_what_the_transport_sends():
                 before = client.conn.statistics()
                 assert_exact(await session.infer(x), ref)
                 after = client.conn.statistics()
+                report = session.last_report
+                # the report counts the same wire bytes the connection did, raw apart
+                assert (report.wire_up, report.wire_down) == (
+                    after.wire_bytes_sent - before.wire_bytes_sent,
+                    after.wire_bytes_received - before.wire_bytes_received)
+                assert 0 < report.wire_up < 0.8 * report.bytes_up
+                assert report.wire_down > report.bytes_down > 0  # raw: headers on top
+                assert "on the wire: up" in report.summary()
                 pred = evaluate(session.graph, plan, session.cost, session.objective).prediction
                 return pred, after.wire_bytes_sent - before.wire_bytes_sent, \
                     after.compressed_sent - before.compressed_sent

@@ -107,11 +107,13 @@ def _say(text: str) -> None:
 def _record(spec: dict, model: str, method: str, scen: dict, rate: float, rep: int,
             report: Any, exact: bool) -> dict:
     up_bw, down_bw = report.bandwidth_up, report.bandwidth_down
-    link_s = ((report.bytes_up / up_bw if up_bw else 0.0)
-              + (report.bytes_down / down_bw if down_bw else 0.0))
+    wire_up = report.wire_up or report.bytes_up  # a local run moves nothing either way
+    wire_down = report.wire_down or report.bytes_down
+    link_s = (wire_up / up_bw if up_bw else 0.0) + (wire_down / down_bw if down_bw else 0.0)
     return {
         "model": model, "method": method, "scenario": scen["name"], "rate_Bps": rate, "rep": rep,
         "latency_s": report.latency_s, "bytes_up": report.bytes_up, "bytes_down": report.bytes_down,
+        "wire_up": report.wire_up, "wire_down": report.wire_down,
         "energy_j": report.energy_j, "predicted_s": report.predicted_s, "bound_s": report.plan_bound_s,
         "sequential_s": report.client_busy_s + report.server_busy_s + link_s,
         "plan": report.plan, "fell_back": report.fell_back, "exact": exact,

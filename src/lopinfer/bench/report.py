@@ -1,7 +1,8 @@
 """Summaries, tables and plots for ``lopinfer bench``.
 
 The runner produces one plain dict per measured inference (a *record*: model, method,
-scenario, rate_Bps, rep, latency_s, bytes_up, bytes_down, energy_j, predicted_s, bound_s,
+scenario, rate_Bps, rep, latency_s, bytes_up, bytes_down (raw), wire_up, wire_down (on the
+wire: after LZ4, headers included), energy_j, predicted_s, bound_s,
 sequential_s, plan, fell_back, timeline). This module turns records into one summary *row*
 per (model, scenario, method) and writes CSV, JSON, PNG plots and a plain-text table.
 
@@ -39,8 +40,8 @@ __all__ = [
 # Order of the summary row fields, also the CSV header.
 COLUMNS = (
     "model", "scenario", "method", "n", "rate_Bps", "p50_s", "p95_s",
-    "mean_bytes_up", "mean_bytes_down", "energy_j", "predicted_s", "bound_s",
-    "sequential_s", "limit_s", "x_limit", "pred_error", "overlap_eff", "fell_back", "plan",
+    "mean_bytes_up", "mean_bytes_down", "mean_wire_up", "mean_wire_down", "energy_j",
+    "predicted_s", "bound_s", "sequential_s", "limit_s", "x_limit", "pred_error", "overlap_eff", "fell_back", "plan",
     "speedup_vs_best_other",
 )
 
@@ -71,6 +72,11 @@ def _median(values: list[Any]) -> float | None:
     # summarise what is there rather than poisoning the whole row.
     present = [float(v) for v in values if v is not None]
     return percentile(present, 0.5) if present else None
+
+
+def _mean(values: list[Any]) -> float | None:
+    present = [float(v) for v in values if v is not None]  # older records have no wire bytes
+    return sum(present) / len(present) if present else None
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -113,6 +119,8 @@ def summarise(records: list[dict]) -> list[dict]:
             "p50_s": p50, "p95_s": percentile(lat, 0.95),
             "mean_bytes_up": sum(int(r.get("bytes_up") or 0) for r in rs) / len(rs),
             "mean_bytes_down": sum(int(r.get("bytes_down") or 0) for r in rs) / len(rs),
+            "mean_wire_up": _mean([r.get("wire_up") for r in rs]),
+            "mean_wire_down": _mean([r.get("wire_down") for r in rs]),
             "energy_j": _median([r.get("energy_j") for r in rs]),
             "predicted_s": pred, "bound_s": bound, "sequential_s": seq,
             "limit_s": limit, "x_limit": p50 / limit if limit else None,
@@ -294,12 +302,13 @@ def _fmt(v: Any, scale: float = 1.0, digits: int = 2, suffix: str = "") -> str:
 def table(rows: list[dict]) -> str:
     """A plain-text table of the rows, sorted by model, scenario, then p50; columns padded
     to their widest cell, numbers right-aligned, None shown as ``-``."""
-    head = ("model", "scenario", "method", "p50 ms", "p95 ms", "MB up", "MB down",
-            "energy J", "pred ms", "bound ms", "limit ms", "x limit", "overlap eff",
+    head = ("model", "scenario", "method", "p50 ms", "p95 ms", "raw MB up", "raw MB down",
+            "wire MB up", "wire MB down", "energy J", "pred ms", "bound ms", "limit ms", "x limit", "overlap eff",
             "speedup vs best other")
     body = [
         (r["model"], r["scenario"], r["method"], _fmt(r["p50_s"], 1e3), _fmt(r["p95_s"], 1e3),
          _fmt(r["mean_bytes_up"], 1e-6, 3), _fmt(r["mean_bytes_down"], 1e-6, 3),
+         _fmt(r.get("mean_wire_up"), 1e-6, 3), _fmt(r.get("mean_wire_down"), 1e-6, 3),
          _fmt(r["energy_j"], digits=3), _fmt(r["predicted_s"], 1e3), _fmt(r["bound_s"], 1e3),
          _fmt(r.get("limit_s"), 1e3), _fmt(r.get("x_limit"), suffix="x"),
          _fmt(r["overlap_eff"]), _fmt(r["speedup_vs_best_other"], suffix="x"))

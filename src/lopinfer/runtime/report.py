@@ -49,8 +49,14 @@ class Report:
     plan: str
     fell_back: bool = False
     reason: str = ""
+    #: raw bytes the plan moves each way (before LZ4, no headers)
     bytes_up: int = 0
     bytes_down: int = 0
+    #: bytes on the wire each way while the inference ran (after LZ4, headers and
+    #: control messages included): the connection's counters, so the concurrent
+    #: traffic of other sessions on the same client connection is counted too
+    wire_up: int = 0
+    wire_down: int = 0
     frames_up: int = 0
     frames_down: int = 0
     client_busy_s: float = 0.0
@@ -113,6 +119,8 @@ class Report:
         lines.append(f"  busy: client {self.client_busy_s * 1e3:.1f} ms, server "
                      f"{self.server_busy_s * 1e3:.1f} ms; frames up {self.frames_up}, down "
                      f"{self.frames_down}; {len(self.timeline)} timeline spans")
+        if self.wire_up or self.wire_down:
+            lines.append(f"  on the wire: up {_kb(self.wire_up)}, down {_kb(self.wire_down)}")
         if self.predicted_s is not None:
             bound = (f", plan bound {self.plan_bound_s * 1e3:.1f} ms"
                      if self.plan_bound_s is not None else "")

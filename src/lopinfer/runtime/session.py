@@ -375,6 +375,7 @@ class Session:
             client.conn.bandwidth_estimate = self.policy.lz4_bandwidth
         t0 = time.perf_counter()
         t0_ns = time.perf_counter_ns()
+        wire0 = _wire_counts(client.conn)
         iid, flight = await run_remote(client, program, self.plan_id, inputs)
         if not flight.ok:
             reason = flight.why
@@ -388,8 +389,10 @@ class Session:
         assert flight.run is not None
         outs = pack_outputs(self.graph, flight.run.outputs())
         self.policy.feed(flight.up_samples, client.received.samples_since(t0_ns))
-        self.last_report = self.policy.annotate(flight.report(program, plan.name, t0, latency),
-                                                plan)
+        report = flight.report(program, plan.name, t0, latency)
+        wire1 = _wire_counts(client.conn)
+        report.wire_up, report.wire_down = wire1[0] - wire0[0], wire1[1] - wire0[1]
+        self.last_report = self.policy.annotate(report, plan)
         self.policy.observe(self.last_report, program)
         return outs
 
@@ -406,3 +409,11 @@ async def _all(*aws: Any) -> list[Any]:
         if isinstance(r, BaseException):
             raise r
     return got
+
+
+def _wire_counts(conn: Any) -> tuple[int, int]:
+    """(wire bytes sent, received) on ``conn`` so far; zeros without one."""
+    if conn is None:
+        return 0, 0
+    st = conn.statistics()
+    return int(st.wire_bytes_sent), int(st.wire_bytes_received)
