@@ -30,7 +30,8 @@ def test_never_worse_than_the_old_grid(net):
     cm = CostModel(client, server, Link(1e6), Link(1e6))
     base = plan_all(g, cm, methods=["local", "offload", "neurosurgeon", "dads"])
     old = plan_lopinfer_grid(g, cm, Objective(), list(base.values()))
-    new = plan_lopinfer(g, cm, Objective(), list(base.values()))
+    # time enough for the whole grid in its share of the budget (on a loaded machine too)
+    new = plan_lopinfer(g, cm, Objective(), list(base.values()), budget=Budget(seconds=20))
     assert new.latency_s <= old.latency_s + 1e-12
     assert new.plan.planner == "lopinfer" and new.plan.candidates >= old.plan.candidates
     assert new.plan.search_s > 0
@@ -46,6 +47,36 @@ def test_the_budget_bounds_the_candidates(net):
     assert quick.plan.search_s < 2.0
     # never worse than the baselines it was given, however small the budget
     assert small.latency_s <= min(s.latency_s for s in base) + 1e-12
+
+
+def test_the_grid_seed_leaves_the_search_its_share_of_the_budget(net):
+    """On a large graph each simulation is slow and the old grid alone could eat the
+    whole budget: it stops at its share, and the search's own candidates (tiles per
+    node, wavefronts) are still simulated."""
+    import time
+
+    from lopinfer.scheduler.planners import evaluate
+    from lopinfer.scheduler.search import search
+
+    _, _, g, client, server = net
+    cm = CostModel(client, server, Link(1e6), Link(1e6))
+    base = list(plan_all(g, cm, methods=["local", "offload"]).values())
+    names: list[str] = []
+
+    def slow(graph, plan, cost, objective):  # as a 250-node graph simulates
+        names.append(plan.name)
+        time.sleep(0.02)
+        return evaluate(graph, plan, cost, objective)
+
+    budget = Budget(seconds=1.0, grid_share=0.3)
+    t0 = time.perf_counter()
+    best, stats = search(g, cm, Objective(), slow, base, budget)
+    took = time.perf_counter() - t0
+    searched = [n for n in names if "~" in n]  # the grid's plans carry no tiling label
+    assert len(names) - len(searched) <= 0.3 / 0.02 + 1
+    assert any("~w" in n for n in searched), names
+    assert took < 3.0 and stats.candidates == len(names) + len(base)
+    assert best.latency_s <= min(s.latency_s for s in base) + 1e-12
 
 
 def test_search_s_survives_json(net):
