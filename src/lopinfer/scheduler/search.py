@@ -158,17 +158,18 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
 
     paused = 0.0
 
-    def out_of_budget() -> bool:
-        if st.candidates >= b.candidates or time.perf_counter() - t0 - paused > b.seconds:
-            st.exhausted = True
-            return True
-        return False
+    def out_of_budget(share: float = 1.0) -> bool:
+        """Whether the budget (or the ``share`` of its seconds a phase has) is spent."""
+        full = st.candidates >= b.candidates
+        late = time.perf_counter() - t0 - paused > share * b.seconds
+        st.exhausted = st.exhausted or full or (late and share == 1.0)
+        return full or late
 
-    def consider(plan: Plan) -> object | None:
+    def consider(plan: Plan, share: float = 1.0) -> object | None:
         nonlocal best, paused
         if b.checkpoint is not None:
             paused += b.checkpoint()
-        if out_of_budget():
+        if out_of_budget(share):
             return None
         try:
             s = evaluate(graph, plan, cost, objective)
@@ -184,12 +185,7 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
         return math.inf if s is None else key(s)[0] + key(s)[1] * 1e-9  # type: ignore[arg-type]
 
     if b.grid:
-        def seed(plan: Plan) -> object | None:
-            if time.perf_counter() - t0 - paused > b.grid_share * b.seconds:
-                return None
-            return consider(plan)
-
-        grid(graph, pool, key, seed, lat)
+        grid(graph, pool, key, lambda p: consider(p, b.grid_share), lat)
         st.log.append(f"grid: {st.candidates} candidates in {time.perf_counter() - t0:.2f}s")
 
     m = _Model(graph, cost)
