@@ -170,3 +170,32 @@ def test_predicted_wire_bytes_match_what_the_transport_sends():
     assert compressed >= 4  # every tile of the ReLU output went compressed
     assert pred.wire_up < 0.8 * pred.bytes_up  # and the model said it would
     assert sent == pytest.approx(pred.wire_up, rel=0.15)  # + headers and control messages
+
+
+@pytest.mark.skipif(not __import__("lopinfer.transports", fromlist=["HAVE_LZ4"]).HAVE_LZ4,
+                    reason="needs the lz4 package (extra 'lz4')")
+def test_the_client_profiles_on_the_example_so_ratios_are_the_datas(tmp_path, monkeypatch):
+    """A mostly empty grid compresses ~50x; random data not at all. The deploy's own
+    profile runs on the example, so the plans count on the ratio of the real input."""
+    import torch
+
+    from lopinfer.workloads.inputs import lidar_grid
+
+    monkeypatch.setenv("LOPINFER_CACHE", str(tmp_path))
+    monkeypatch.setattr("lopinfer.runtime.profiler._MEMO", {})
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    grid = lidar_grid(64, 8)
+    ref = reference(model, grid)
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            async with connect(url) as client:
+                session = await client.deploy(model, (grid,))
+                assert_exact(await session.infer(grid), ref)
+                return session.cost
+
+    cost = _run(main())
+    (name,) = [n for n in cost.client.lz4_ratio if "conv" not in n and "relu" not in n]
+    assert cost.client.lz4_ratio[name] < 0.2  # the grid's, not random data's (~1.0)
+    assert cost.server.lz4_ratio[name] > 0.9  # the server saw random data

@@ -150,3 +150,25 @@ def test_a_compressible_cut_is_predicted_cheaper_on_a_slow_link():
     assert packed.bytes_up == raw.bytes_up == raw.wire_up  # raw bytes are what the plan moves
     assert packed.wire_up == pytest.approx(raw.wire_up * 0.5, rel=0.01)
     assert packed.latency_s < raw.latency_s * 0.6
+
+
+@needs_lz4
+def test_ratios_come_from_the_profile_that_saw_the_application_input():
+    """The client profiles on the application's input, the server on random data: a
+    head's output on a camera frame compressed to 0.43 where the server's profile said
+    0.81, and KAPAO's offload was predicted 31% slow on the server's ratio. Both
+    directions price a value at the client's ratio (and LZ4 speed) where it has one."""
+    client = PeerCosts({"a": NodeCost(0.0, 1e-3)}, lz4_per_byte=2e-9, unlz4_per_byte=1e-9,
+                       lz4_ratio={"a": 0.4, "b": 0.5}, lz4_time={"a": (1e-9, 0.5e-9)})
+    server = PeerCosts({"a": NodeCost(0.0, 1e-4)}, lz4_per_byte=1e-9, unlz4_per_byte=0.5e-9,
+                       lz4_ratio={"a": 0.8, "c": 0.6}, lz4_time={"a": (4e-9, 1e-9)})
+    cm = CostModel(client, server, Link(1e6, 0.0, 0.0), Link(1e6, 0.0, 0.0))
+    n = 1 << 20
+    for receiver in ("server", "client"):
+        assert cm.stages(receiver, n, "a").wire_bytes == int(n * 0.4)
+        assert cm.stages(receiver, n, "b").wire_bytes == int(n * 0.5)
+        assert cm.stages(receiver, n, "c").wire_bytes == int(n * 0.6)  # only the server's
+    # the client found "a" twice as quick to compress as its average: so does the server
+    down = cm.stages("client", n, "a")
+    assert down.encode == pytest.approx(n * 1e-9 * (1e-9 / 2e-9))
+    assert down.decode == pytest.approx(n * 0.5e-9)  # the client's own measurement

@@ -68,6 +68,36 @@ def test_offload_pipelined_by_hand(tiny):
     assert lower_bound(compile_plan(g, offload_plan(g, 2)), cm) == pytest.approx(1.6 * MS)
 
 
+@pytest.mark.parametrize("encode_ms", [0.25, 1.0])
+def test_a_frame_is_encoded_while_the_one_before_is_on_the_wire(tiny, encode_ms):
+    """Encode, wire and decode are stages that overlap across frames, as the
+    transport's codec threads and writer do: four input pieces of 0.5 ms on the wire
+    each, encoded in ``encode_ms`` each by the client and decoded in 0.1 ms by the
+    server, arrive like a three-stage pipeline, not one after another."""
+    g, cm = tiny
+    client = PeerCosts(dict(cm.client.nodes), copy_per_byte=0.0, frame_cpu=encode_ms * MS)
+    server = PeerCosts(dict(cm.server.nodes), copy_per_byte=0.0, frame_cpu=0.1 * MS)
+    link = Link(bandwidth=64 / MS, latency=0.0, frame_overhead=0.0)  # 32 B: 0.5 ms
+    staged = CostModel(client, server, link, link)
+    prog = compile_plan(g, offload_plan(g, 4))
+    pred = simulate(prog, staged, timeline=True)
+    up = sorted((e["start"], e["end"]) for e in pred.timeline if e["peer"] == "link-up")
+    wire, dec = 0.5, 0.1
+    # piece k leaves the encoder at (k + 1) * encode and takes the link when it is free
+    ends, free = [], 0.0
+    for k in range(4):
+        free = max((k + 1) * encode_ms, free) + wire
+        ends.append(free)
+    assert [e / MS for _, e in up] == pytest.approx(ends)
+    assert ends[-1] < 4 * (encode_ms + wire)  # not one after another
+    # the first piece is decoded, then the server computes: its first tile starts then
+    first = min(e["start"] for e in pred.timeline if e["peer"] == "server")
+    assert first / MS == pytest.approx(encode_ms + wire + dec)
+    # a single frame pays all three stages
+    one = staged.stages("server", 32, None)
+    assert staged.transfer("server", 32)[0] == pytest.approx(one.encode + one.wire + one.decode)
+
+
 def test_dads_equals_brute_force_on_small_dags():
     pytest.importorskip("networkx", reason="dads needs networkx (extra 'bench')")
     torch.manual_seed(0)

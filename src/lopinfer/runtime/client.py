@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import (
     ConnectError,
     DeployError,
+    InputError,
     LopInferError,
     PlanError,
     ProtocolError,
@@ -363,7 +364,8 @@ class Client:
         steps = Steps(f"lopinfer: deploying {session.graph.name}", 2, enabled=progress)
         if await self.ensure_connected():
             # this peer profiles itself while the weights go up (its CPU waits on the link)
-            mine = session.policy.profile_client(self, bool(progress)) \
+            mine = session.policy.profile_client(
+                self, bool(progress), _example(session.graph, example_inputs)) \
                 if plan is None and client_costs is None else None
             try:
                 if plan is None:
@@ -425,3 +427,15 @@ class Client:
         return (f"<Client {self.url} connected={self.connected} sessions={len(self.sessions)} "
                 f"in_flight={len(self._runs)} replies={self._replies.qsize()}/{MAX_REPLIES}>")
 
+
+def _example(graph: Any, example_inputs: Any) -> tuple[Any, ...] | None:
+    """The example as the graph's inputs, or None when it is not a plain match (a
+    pytree the capture flattened: the profile then runs on random input)."""
+    from .executor import check_inputs
+
+    xs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    try:
+        check_inputs(graph, xs)
+    except InputError:
+        return None
+    return tuple(x.detach() for x in xs)

@@ -3,22 +3,24 @@
 A node's cost on a peer is ``fixed + per_row * rows`` (a fitted line; a global node
 is one "row"). Costs come from a profile measured on the peer (see
 :mod:`lopinfer.runtime.profiler`) or, before any profile, from FLOPs at a nominal
-speed. The link is one FIFO per direction: a frame of ``n`` bytes occupies it for
+speed. A frame of ``n`` raw bytes goes through three stages, each a FIFO per direction
+(:meth:`CostModel.stages`; the transport overlaps them across frames):
 
-    link.frame_overhead + sender.frame_cpu + receiver.frame_cpu
-      + n * (sender.codec_per_byte + receiver.codec_per_byte)
-      [+ n * (compress + decompress seconds per byte)]           when LZ4 pays
-      + wire_bytes / bandwidth
+    encode  sender.frame_cpu + n * sender.codec_per_byte      [+ n * compress]
+    wire    link.frame_overhead + wire_bytes / bandwidth, then ``latency``
+    decode  receiver.frame_cpu + n * receiver.codec_per_byte  [+ n * decompress]
 
-and arrives ``latency`` later. The peers' parts are measured by their profiles; the
+the bracketed parts when LZ4 pays. The peers' parts are measured by their profiles; the
 link's own per-frame part is fitted from the deploy's probe. Whether a frame is
 compressed follows the transport's own rule (:class:`~lopinfer.transports.AdaptiveCompressor`)
-with the ratio the profile measured on that value, so ``wire_bytes`` is ``n * ratio``
-when LZ4 pays and ``n`` otherwise. LZ4's speed depends on the data (a mostly empty
-occupancy grid compresses about 6x faster than an activation), so a value's seconds
-per byte are the ones measured on it where a profile has them (the sender's own for
-compressing; the receiver's average scaled by how much faster or slower the measuring
-peer found that value for decompressing), else the peers' averages.
+with the ratio a profile measured on that value, so ``wire_bytes`` is ``n * ratio``
+when LZ4 pays and ``n`` otherwise. Ratios and LZ4 speeds depend on the data: a mostly
+empty occupancy grid compresses about 10x faster per byte than an activation, and a
+head's output on a camera frame to 0.43 of its size where random input gives 0.81. So
+both are taken per value from the client's profile, which ran on the application's
+input (the server's ran on random data: it has no input before the first
+inference), else from the server's; each peer's LZ4 time for a value is its own
+average scaled by how much faster or slower than average that profile found the value.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ import json
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..graph import Graph
 from ..transports import compression as lz4rule  # the transport's own LZ4 rule
 
-__all__ = ["NodeCost", "PeerCosts", "Link", "CostModel", "flop_costs"]
+__all__ = ["NodeCost", "PeerCosts", "Link", "CostModel", "Stages", "flop_costs", "lz4_costs"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,15 @@ class Link:
         return self.frame_overhead + nbytes / self.bandwidth
 
 
+class Stages(NamedTuple):
+    """Seconds of one frame's stages (see :meth:`CostModel.stages`) and its wire bytes."""
+
+    encode: float
+    wire: float
+    decode: float
+    wire_bytes: int
+
+
 @dataclass
 class CostModel:
     """Everything the simulator needs to predict a plan's timeline."""
@@ -118,19 +129,34 @@ class CostModel:
                               self.down.frame_overhead), dict(self.info), self.compression)
 
     def transfer(self, receiver: str, nbytes: int, value: str | None = None) -> tuple[float, int]:
-        """(seconds a frame of ``nbytes`` raw bytes of ``value`` occupies the direction
-        towards ``receiver``, bytes it puts on the wire)."""
+        """(seconds a frame of ``nbytes`` raw bytes of ``value`` takes towards
+        ``receiver`` from the sender's encode to the receiver's decode, latency aside;
+        bytes it puts on the wire)."""
+        st = self.stages(receiver, nbytes, value)
+        return st.encode + st.wire + st.decode, st.wire_bytes
+
+    def stages(self, receiver: str, nbytes: int, value: str | None = None) -> Stages:
+        """A frame's three stages: the sender encodes (and compresses), the link carries
+        it, the receiver decodes (and decompresses). The transport overlaps them across
+        frames (LZ4 on its codec threads while the writer sends the frame before), so
+        the simulator queues each stage on its own."""
         link = self.link_to(receiver)
         src, dst = (self.client, self.server) if receiver == "server" else (self.server, self.client)
-        cpu = src.frame_cpu + dst.frame_cpu + nbytes * (src.codec_per_byte + dst.codec_per_byte)
+        encode = src.frame_cpu + nbytes * src.codec_per_byte
+        decode = dst.frame_cpu + nbytes * dst.codec_per_byte
         wire = nbytes
-        ratio = None if value is None else src.lz4_ratio.get(value, dst.lz4_ratio.get(value))
+        # the client's profile ran on the application's input, the server's on random
+        # data (it has no input before the first inference): data-dependent LZ4 ratios
+        # and speeds are taken from the client's where it has them
+        ratio = None if value is None else self.client.lz4_ratio.get(
+            value, self.server.lz4_ratio.get(value))
         if ratio is not None:
-            overhead = lz4_per_byte(src, dst, value)
-            if self._compresses(nbytes, ratio, link.bandwidth, overhead):
+            compress, decompress = lz4_costs(src, dst, value, self.client)
+            if self._compresses(nbytes, ratio, link.bandwidth, compress + decompress):
                 wire = int(nbytes * ratio)
-                cpu += nbytes * overhead
-        return link.frame_overhead + cpu + wire / link.bandwidth, wire
+                encode += nbytes * compress
+                decode += nbytes * decompress
+        return Stages(encode, link.frame_overhead + wire / link.bandwidth, decode, wire)
 
     def _compresses(self, n: int, ratio: float, bandwidth: float, overhead: float) -> bool:
         """The transport's decision (``AdaptiveCompressor``, which keeps each tensor's
@@ -148,10 +174,27 @@ class CostModel:
 def lz4_per_byte(src: PeerCosts, dst: PeerCosts, value: str | None = None) -> float:
     """Compress on the sender plus decompress on the receiver, seconds per raw byte of
     ``value`` (the module doc; the transport's priors where no profile measured LZ4)."""
+    return sum(lz4_costs(src, dst, value))
+
+
+def lz4_costs(src: PeerCosts, dst: PeerCosts, value: str | None = None,
+              data: PeerCosts | None = None) -> tuple[float, float]:
+    """(compress on the sender, decompress on the receiver) seconds per raw byte of
+    ``value``: each peer's average LZ4 speed, scaled by how much faster or slower than
+    its own average the peer whose profile saw the data (``data``, else the sender,
+    else the receiver) found that value."""
     compress = src.lz4_per_byte or 1 / lz4rule.SPEED_PRIOR
     decompress = dst.unlz4_per_byte or 1 / lz4rule.DECOMPRESS_SPEED_PRIOR
     if value is None:
-        return compress + decompress
+        return compress, decompress
+    ref = next((p for p in (data, src, dst) if p is not None and value in p.lz4_time
+                and p.lz4_per_byte and p.unlz4_per_byte), None)
+    if ref is None:
+        return compress, decompress
+    c, d = ref.lz4_time[value]
+    compress = c if ref is src else compress * c / ref.lz4_per_byte
+    decompress = d if ref is dst else decompress * d / ref.unlz4_per_byte
+    return compress, decompress
     if value in src.lz4_time and src.lz4_per_byte:
         c, d = src.lz4_time[value]
         compress = c
@@ -161,7 +204,7 @@ def lz4_per_byte(src: PeerCosts, dst: PeerCosts, value: str | None = None) -> fl
         c, d = dst.lz4_time[value]
         compress *= c / dst.lz4_per_byte
         decompress = d if dst.unlz4_per_byte else decompress
-    return compress + decompress
+    return compress, decompress
 
 
 def flop_costs(graph: Graph, flops_per_s: float, *, per_call: float = 20e-6,

@@ -2,12 +2,13 @@
 
 One compute worker per peer takes the next ready task by the rules of
 :mod:`lopinfer.scheduler.order`, the ones :class:`~lopinfer.runtime.peer.PeerRun` runs by. When a
-task ends, each piece the other peer receives from it joins that direction's FIFO link
-in the order the program lists them; a piece occupies the link for its transfer time
-(:meth:`CostModel.transfer`: per-frame and per-byte costs of both peers and the link,
-LZ4 where the transport would use it, wire bytes over the bandwidth) and arrives
-``latency`` later, which makes its
-``recv`` task done on the receiver. The client's inputs are there at time 0; the
+task ends, each piece the other peer receives from it goes, in the order the program
+lists them, through that direction's three FIFO stages (:meth:`CostModel.stages`): the
+sender's encoder (per-frame and per-byte codec cost, LZ4 where the transport would
+use it), the link (per-frame cost, wire bytes over the bandwidth, then ``latency``)
+and the receiver's decoder. The stages overlap across frames as the transport's do
+(its codec threads compress a frame while the writer sends the one before); the
+decoder's end makes the piece's ``recv`` task done on the receiver. The client's inputs are there at time 0; the
 server hears of the inference ``up.latency`` after it starts. The prediction's
 timeline has the same shape as ``session.last_report.timeline``.
 """
@@ -61,7 +62,10 @@ def simulate(prog: Program, cost: CostModel, *, timeline: bool = False) -> Predi
     # each peer's worker by the runtime's own rules (lopinfer.scheduler.order)
     queues = {p: peer_queue(prog, p) for p in ("client", "server")}
     free_at = {"client": 0.0, "server": cost.up.latency}
-    link_free = {"server": 0.0, "client": 0.0}  # keyed by receiving peer
+    # each direction's stages, keyed by the receiving peer: when each is next free
+    encoder_free = {"server": 0.0, "client": 0.0}
+    link_free = {"server": 0.0, "client": 0.0}
+    decoder_free = {"server": 0.0, "client": 0.0}
     events: list[tuple[float, int, int, int]] = []  # (time, seq, kind 0=done 1=arrive, task)
     seq = 0
     pred = Prediction(0.0)
@@ -79,11 +83,13 @@ def simulate(prog: Program, cost: CostModel, *, timeline: bool = False) -> Predi
         queue.complete(tid)
         for r in queue.index.sends.get(tid, ()):
             n = piece_bytes(prog.graph, r)
-            start = max(now, link_free[r.peer])
-            took, wire = cost.transfer(r.peer, n, r.value)
-            end = start + took
-            link_free[r.peer] = end
-            arrive = end + cost.link_to(r.peer).latency
+            st = cost.stages(r.peer, n, r.value)
+            wire = st.wire_bytes
+            encoded = encoder_free[r.peer] = max(now, encoder_free[r.peer]) + st.encode
+            start = max(encoded, link_free[r.peer])
+            end = link_free[r.peer] = start + st.wire
+            landed = end + cost.link_to(r.peer).latency
+            arrive = decoder_free[r.peer] = max(landed, decoder_free[r.peer]) + st.decode
             if r.peer == "server":
                 pred.bytes_up += n
                 pred.wire_up += wire
@@ -94,7 +100,7 @@ def simulate(prog: Program, cost: CostModel, *, timeline: bool = False) -> Predi
                 pred.frames_down += 1
             if timeline:
                 spans.append({"peer": "link-up" if r.peer == "server" else "link-down",
-                              "kind": "transfer", "task": r.id, "start": start, "end": arrive})
+                              "kind": "transfer", "task": r.id, "start": start, "end": landed})
             seq += 1
             heapq.heappush(events, (arrive, seq, 1, r.id))
 
