@@ -391,7 +391,9 @@ class Session:
         self.policy.feed(flight.up_samples, client.received.samples_since(t0_ns))
         report = flight.report(program, plan.name, t0, latency)
         wire1 = _wire_counts(client.conn)
-        report.wire_up, report.wire_down = wire1[0] - wire0[0], wire1[1] - wire0[1]
+        # (a connection replaced meanwhile restarts its counters: never negative)
+        report.wire_up, report.wire_down = (max(0, wire1[0] - wire0[0]),
+                                            max(0, wire1[1] - wire0[1]))
         self.last_report = self.policy.annotate(report, plan)
         self.policy.observe(self.last_report, program)
         return outs

@@ -195,16 +195,6 @@ def lz4_costs(src: PeerCosts, dst: PeerCosts, value: str | None = None,
     compress = c if ref is src else compress * c / ref.lz4_per_byte
     decompress = d if ref is dst else decompress * d / ref.unlz4_per_byte
     return compress, decompress
-    if value in src.lz4_time and src.lz4_per_byte:
-        c, d = src.lz4_time[value]
-        compress = c
-        if src.unlz4_per_byte:
-            decompress *= d / src.unlz4_per_byte  # the receiver, as much faster on it
-    elif value in dst.lz4_time and dst.lz4_per_byte:
-        c, d = dst.lz4_time[value]
-        compress *= c / dst.lz4_per_byte
-        decompress = d if dst.unlz4_per_byte else decompress
-    return compress, decompress
 
 
 def flop_costs(graph: Graph, flops_per_s: float, *, per_call: float = 20e-6,

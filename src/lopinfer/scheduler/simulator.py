@@ -8,9 +8,9 @@ sender's encoder (per-frame and per-byte codec cost, LZ4 where the transport wou
 use it), the link (per-frame cost, wire bytes over the bandwidth, then ``latency``)
 and the receiver's decoder. The stages overlap across frames as the transport's do
 (its codec threads compress a frame while the writer sends the one before); the
-decoder's end makes the piece's ``recv`` task done on the receiver. The client's inputs are there at time 0; the
-server hears of the inference ``up.latency`` after it starts. The prediction's
-timeline has the same shape as ``session.last_report.timeline``.
+decoder's end makes the piece's ``recv`` task done on the receiver. The client's
+inputs are there at time 0; the server hears of the inference ``up.latency`` after it
+starts. The prediction's timeline has the same shape as ``session.last_report.timeline``.
 """
 
 from __future__ import annotations
