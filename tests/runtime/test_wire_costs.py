@@ -172,3 +172,16 @@ def test_ratios_come_from_the_profile_that_saw_the_application_input():
     down = cm.stages("client", n, "a")
     assert down.encode == pytest.approx(n * 1e-9 * (1e-9 / 2e-9))
     assert down.decode == pytest.approx(n * 0.5e-9)  # the client's own measurement
+
+
+def test_each_side_of_a_transfer_pays_half_the_codec_round_trip(monkeypatch):
+    """The sender is charged its encode and the receiver its decode, each from its own
+    profile: the profile's round trip (encode, then decode back) is two sides' work."""
+    from lopinfer.runtime import wire
+
+    small_bytes, big_bytes = 64 * 56 * 4, 64 * 64 * 256 * 4
+    monkeypatch.setattr(wire, "_roundtrip_s", lambda t, dev, repeats: (
+        1e-4 if t.numel() * 4 == small_bytes else 1e-4 + 2e-9 * (big_bytes - small_bytes)))
+    frame_cpu, per_byte = wire.measure_codec(torch.device("cpu"))
+    assert frame_cpu == pytest.approx(0.5e-4)
+    assert per_byte == pytest.approx(1e-9)

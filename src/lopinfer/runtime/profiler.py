@@ -40,9 +40,9 @@ def _cache_dir() -> Path:
 
 
 def _file_name(key: tuple[str, str, int]) -> str:
-    # v2: profiles carry the wire's costs; v3: and each value's LZ4 speed; older files
-    # are not read (measured again)
-    return f"{key[0][:32]}-{key[1]}-{key[2]}.v3.json"
+    # v2: profiles carry the wire's costs; v3: and each value's LZ4 speed; v4: the codec
+    # per side (half the round trip); older files are not read (measured again)
+    return f"{key[0][:32]}-{key[1]}-{key[2]}.v4.json"
 
 
 def _key(graph: Graph, device: str) -> tuple[str, str, int] | None:
