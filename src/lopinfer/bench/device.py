@@ -107,9 +107,8 @@ def _say(text: str) -> None:
 def _record(spec: dict, model: str, method: str, scen: dict, rate: float, rep: int,
             report: Any, exact: bool) -> dict:
     up_bw, down_bw = report.bandwidth_up, report.bandwidth_down
-    wire_up = report.wire_up or report.bytes_up  # a local run moves nothing either way
-    wire_down = report.wire_down or report.bytes_down
-    link_s = (wire_up / up_bw if up_bw else 0.0) + (wire_down / down_bw if down_bw else 0.0)
+    link_s = ((report.wire_up / up_bw if up_bw else 0.0)
+              + (report.wire_down / down_bw if down_bw else 0.0))
     return {
         "model": model, "method": method, "scenario": scen["name"], "rate_Bps": rate, "rep": rep,
         "latency_s": report.latency_s, "bytes_up": report.bytes_up, "bytes_down": report.bytes_down,

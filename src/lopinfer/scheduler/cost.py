@@ -171,16 +171,11 @@ class CostModel:
         return overhead < t_raw * lz4rule.MARGIN and overhead + ratio * t_raw < t_raw * lz4rule.MARGIN
 
 
-def lz4_per_byte(src: PeerCosts, dst: PeerCosts, value: str | None = None) -> float:
-    """Compress on the sender plus decompress on the receiver, seconds per raw byte of
-    ``value`` (the module doc; the transport's priors where no profile measured LZ4)."""
-    return sum(lz4_costs(src, dst, value))
-
-
 def lz4_costs(src: PeerCosts, dst: PeerCosts, value: str | None = None,
               data: PeerCosts | None = None) -> tuple[float, float]:
     """(compress on the sender, decompress on the receiver) seconds per raw byte of
-    ``value``: each peer's average LZ4 speed, scaled by how much faster or slower than
+    ``value`` (the transport's priors where no profile measured LZ4): each peer's
+    average LZ4 speed, scaled by how much faster or slower than
     its own average the peer whose profile saw the data (``data``, else the sender,
     else the receiver) found that value."""
     compress = src.lz4_per_byte or 1 / lz4rule.SPEED_PRIOR
