@@ -14,6 +14,8 @@ Two checks on real plans, run on two compute threads (``run_two_peers``):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from test_peer import run_two_peers
 
@@ -27,7 +29,8 @@ from lopinfer.scheduler import (
     simulator,
     split_plan,
 )
-from lopinfer.scheduler.cost import CostModel, Link, NodeCost, PeerCosts
+from lopinfer.scheduler.compile import compile_program
+from lopinfer.scheduler.cost import CostModel, Link, NodeCost, PeerCosts, flop_costs
 from nets import REFERENCE_NETS
 
 NETS = ["vgg", "resnet", "unet", "densenet"]
@@ -86,9 +89,17 @@ def test_racy_orders_follow_the_rules(name):
     plans = [cut_plan(graph, len(graph) // 2, 3),
              split_plan(graph, 0.5, seg[0], seg[1], 2, halo="send"),
              split_plan(graph, 0.4, seg[0], seg[1], 3, halo="recompute")]
+    # ordered by the critical path (Plan.ranks): the run follows the plan's ranks too
+    cost = CostModel(flop_costs(graph, 2e8), flop_costs(graph, 4e9), Link(1e6), Link(1e6))
+    plans.append(replace(plans[1], ranks=simulator.critical_ranks(
+        compile_program(graph, plans[1]), cost)))
     for plan in plans:
         out, runs, prog = run_two_peers(graph, plan, x, trace=True, program=True)
         assert_exact(out, ref)
+        if plan.ranks:
+            ranks = [t.rank for t in prog.program.tasks]
+            assert ranks == [t.rank for t in compile_program(graph, plan).tasks]
+            assert ranks != [t.rank for t in compile_program(graph, plans[1]).tasks]
         for peer in ("client", "server"):
             trace = runs[peer].trace
             ran = [tid for event, tid in trace if event == "run"]

@@ -29,7 +29,7 @@ from .simulator import Prediction
 
 __all__ = ["BookStore", "book_key"]
 
-FORMAT = 1
+FORMAT = 2  # 2: plans carry ranks (critical-path order)
 _PREDICTION = ("latency_s", "client_busy_s", "server_busy_s", "bytes_up", "bytes_down",
                "frames_up", "frames_down", "wire_up", "wire_down")
 

@@ -15,8 +15,9 @@ result by the runtime (:func:`lopinfer.runtime.program.bind`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 from ..errors import PlanError
 from ..graph import Graph, Node
@@ -25,7 +26,7 @@ from .order import lifetimes, single_process_order
 from .plan import PEERS, Plan
 from .program import WHOLE_PIECE, Program, Read, Task
 
-__all__ = ["compile_program"]
+__all__ = ["compile_program", "assign_ranks", "with_ranks"]
 
 Piece = tuple[int, int, int, int, int]  # task id, chunk rows [a, b), rows used [s, e)
 
@@ -121,6 +122,8 @@ class _Compiler:
         outputs = [self.whole_on("client", name, "the model output") for name in self.g.outputs]
         for t in self.tasks:
             t.deps = sorted(set(t.deps))
+        if self.plan.ranks:
+            assign_ranks(self.tasks, self.plan.ranks)
         prog = Program(self.g, self.plan, self.tasks, inputs, outputs)
         prog.order = single_process_order(prog)
         prog.frees = lifetimes(prog, prog.order)
@@ -255,6 +258,37 @@ def compile_program(graph: Graph, plan: Plan, *,
     ``deadline``, polled as tasks are made, stops the compilation (:class:`PlanError`)
     once it returns True: a server compiles plans from clients under a time limit."""
     return _Compiler(graph, plan, deadline).run()
+
+
+def assign_ranks(tasks: list[Task], ranks: Mapping[str, tuple[float, ...]]) -> None:
+    """Give each node's tile and whole tasks the plan's ranks (:attr:`Plan.ranks`: in the
+    order they were made, the client's tiles then the server's), and each gather and
+    receive the rank derived from its sources' as the compiler does; in place, tasks in
+    id order (sources first)."""
+    made: dict[str, int] = {}
+    for t in tasks:
+        if t.kind in ("tile", "whole"):
+            r = ranks.get(t.value)
+            if r is not None:
+                i = made.get(t.value, 0)
+                made[t.value] = i + 1
+                t.rank = r[i]
+        elif t.kind == "gather":
+            t.rank = max(tasks[d].rank for d in t.deps) + 0.5
+        elif t.kind == "recv" and tasks[t.deps[0]].kind != "input":
+            t.rank = tasks[t.deps[0]].rank + 0.25
+
+
+def with_ranks(prog: Program, ranks: Mapping[str, tuple[float, ...]]) -> Program:
+    """``prog`` as :func:`compile_program` makes it for its plan with ``ranks`` (a copy;
+    ``prog`` is unchanged): what the planner scores before it chooses the ranks."""
+    tasks = [copy.copy(t) for t in prog.tasks]
+    assign_ranks(tasks, ranks)
+    out = Program(prog.graph, replace(prog.plan, ranks=dict(ranks)), tasks, prog.inputs,
+                  prog.outputs)
+    out.order = single_process_order(out)
+    out.frees = lifetimes(out, out.order)
+    return out
 
 
 # -- chunk helpers ------------------------------------------------------------------------

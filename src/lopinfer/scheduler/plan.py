@@ -13,6 +13,7 @@ compute cross from the other peer, halos included) and are derived by
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +21,11 @@ from typing import Any
 from ..errors import PlanError
 from ..graph import Graph
 
-__all__ = ["Plan", "NodeRows", "Split", "PEERS", "WHOLE"]
+__all__ = ["Plan", "NodeRows", "Split", "PEERS", "WHOLE", "CRITICAL"]
 
 PEERS = ("client", "server")
 WHOLE = (0, 1)  # the one "row" of a global node: its whole output
+CRITICAL = "~cp"  # a plan name's suffix: its ranks order tasks by their critical path
 
 Interval = tuple[int, int]
 
@@ -57,7 +59,14 @@ class Plan:
     How a builder made it, as typed fields (never parsed back out of ``name``):
     ``tiles`` (its uniform tile count, None for another spec), ``cut`` (the first
     server node of a cut), ``split``; and who chose it: ``planner``, ``candidates``
-    (how many plans that planner scored) and ``search_s`` (the seconds it searched). ``info`` is free-form (a user's notes)."""
+    (how many plans that planner scored) and ``search_s`` (the seconds it searched). ``info`` is free-form (a user's notes).
+
+    ``ranks``, when given, orders each peer's ready tasks (:mod:`lopinfer.scheduler.order`):
+    per node, one number per tile (the client's tiles in row order, then the server's),
+    larger first. The planner sets them to each tile's critical path to the end of the
+    inference where that shortens the predicted makespan; without them a tile's rank is
+    its node's position in the graph (deepest first). They travel with the plan so both
+    peers order their tasks by the same numbers the simulator scored."""
 
     name: str
     nodes: dict[str, NodeRows]
@@ -70,6 +79,7 @@ class Plan:
     planner: str = ""
     candidates: int = 0
     search_s: float = 0.0
+    ranks: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     # -- queries --------------------------------------------------------------------------
     def peers_of(self, node: str) -> list[str]:
@@ -116,6 +126,14 @@ class Plan:
                         )
             if not rows.client and not rows.server:
                 continue  # nothing computes it: fine unless something needs it (compile)
+        for name, ranks in self.ranks.items():
+            rows = self.nodes.get(name)
+            if rows is None:
+                raise PlanError(f"plan {self.name!r} ranks {name!r}, not a node of the plan")
+            count = len(rows.client) + len(rows.server)
+            if len(ranks) != count:
+                raise PlanError(f"plan {self.name!r}: {len(ranks)} ranks for node {name}, "
+                                f"which has {count} tiles")
         for name, edges in self.input_edges.items():
             if name not in graph.inputs:
                 raise PlanError(f"plan {self.name!r} streams {name!r}, not an input")
@@ -124,7 +142,7 @@ class Plan:
 
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "format": "lopinfer.plan",
             "version": 1,
             "name": self.name,
@@ -142,6 +160,9 @@ class Plan:
                 for k, v in self.nodes.items()
             },
         }
+        if self.ranks:  # absent when none: a plan without them reads as it always did
+            d["ranks"] = {k: list(v) for k, v in self.ranks.items()}
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
@@ -166,10 +187,11 @@ class Plan:
                 float(split["fraction"]), int(split["start"]), int(split["stop"]),
                 str(split["halo"]))
             tiles, cut = d.get("tiles"), d.get("cut")
+            ranks = {str(k): _ranks(v) for k, v in d.get("ranks", {}).items()}
             return cls(str(d["name"]), nodes, edges, str(d.get("kind", "custom")), info,
                        None if tiles is None else int(tiles), None if cut is None else int(cut),
                        split, str(d.get("planner", "")), int(d.get("candidates", 0)),
-                       float(d.get("search_s", 0.0)))
+                       float(d.get("search_s", 0.0)), ranks)
         except PlanError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -213,6 +235,13 @@ def _intervals(v: Iterable[Any]) -> tuple[Interval, ...]:
         a, b = t
         out.append((int(a), int(b)))
     return tuple(out)
+
+
+def _ranks(v: Iterable[Any]) -> tuple[float, ...]:
+    out = tuple(float(x) for x in v)
+    if not all(math.isfinite(x) for x in out):
+        raise PlanError("plan ranks must be finite numbers")
+    return out
 
 
 def _fmt(tiles: tuple[Interval, ...]) -> str:

@@ -23,17 +23,17 @@ from dataclasses import dataclass, replace
 from ..errors import PlanError
 from ..graph import Graph
 from .builders import cut_plan, local_plan, offload_plan
-from .compile import compile_program
+from .compile import compile_program, with_ranks
 from .cost import CostModel
 from .energy import Objective, device_energy, score
-from .plan import WHOLE, NodeRows, Plan
+from .plan import CRITICAL, WHOLE, NodeRows, Plan
 from .program import Program
 from .registry import default_methods, planner, registered
 from .search import Budget, search
 from .search import grid as grid_search
-from .simulator import Prediction, lower_bound, simulate
+from .simulator import Prediction, critical_ranks, lower_bound, simulate
 
-__all__ = ["Scored", "evaluate", "plan_all", "partition_cost", "plan_key", "plan_lopinfer",
+__all__ = ["Scored", "evaluate", "evaluate_ordered", "plan_all", "partition_cost", "plan_key", "plan_lopinfer",
            "plan_lopinfer_grid"]
 
 
@@ -59,11 +59,12 @@ _PROGRAMS_MAX = 4096
 
 
 def plan_key(plan: Plan) -> tuple:
-    """What a plan computes where (its rows and input pieces), names aside: equal keys,
-    equal programs."""
+    """What a plan computes where (its rows and input pieces) and in which order (its
+    ranks), names aside: equal keys, equal programs."""
     # input pieces matter only when something runs on the server
     edges = tuple(sorted(plan.input_edges.items())) if plan.uses_server() else ()
-    return (edges, tuple((k, v.client, v.server) for k, v in plan.nodes.items()))
+    return (edges, tuple((k, v.client, v.server) for k, v in plan.nodes.items()),
+            tuple(sorted(plan.ranks.items())))
 
 
 def _compiled(graph: Graph, plan: Plan) -> Program:
@@ -82,8 +83,31 @@ def _compiled(graph: Graph, plan: Plan) -> Program:
 
 
 def evaluate(graph: Graph, plan: Plan, cost: CostModel, objective: Objective) -> Scored:
+    """``plan`` as it is (its ranks included), scored by the simulator."""
     prog = _compiled(graph, plan)
-    pred = simulate(prog, cost)
+    return _scored(plan, prog, simulate(prog, cost), cost, objective)
+
+
+def evaluate_ordered(graph: Graph, plan: Plan, cost: CostModel, objective: Objective) -> Scored:
+    """The better of ``plan`` with each peer's ready tasks ordered deepest first (no
+    ranks) and ordered by their critical path (:func:`~.simulator.critical_ranks`,
+    named ``~cp``): the search's scorer. Ranks a candidate carries are recomputed for
+    ``cost``."""
+    if plan.ranks:
+        plan = replace(plan, ranks={}, name=plan.name.removesuffix(CRITICAL))
+    s = evaluate(graph, plan, cost, objective)
+    if not plan.uses_server():
+        return s  # one worker, nothing to wait for: the order cannot change the latency
+    ranks = critical_ranks(_compiled(graph, plan), cost)
+    ordered = replace(plan, ranks=ranks, name=plan.name + CRITICAL)
+    prog = with_ranks(_compiled(graph, plan), ranks)
+    c = _scored(ordered, prog, simulate(prog, cost), cost, objective)
+    return c if score(objective, c.latency_s, c.energy_j) < score(
+        objective, s.latency_s, s.energy_j) else s
+
+
+def _scored(plan: Plan, prog: Program, pred: Prediction, cost: CostModel,
+            objective: Objective) -> Scored:
     up_s = pred.frames_up * cost.up.frame_overhead + pred.wire_up / cost.up.bandwidth  # radio on
     down_s = pred.frames_down * cost.down.frame_overhead + pred.wire_down / cost.down.bandwidth
     energy = device_energy(pred.latency_s, pred.client_busy_s, up_s, down_s, objective.profile)
@@ -202,7 +226,7 @@ def plan_lopinfer(graph: Graph, cost: CostModel, objective: Objective,
     pipeline bound), tiles sized per node and split fractions refined by the simulator,
     under a budget (:mod:`.search`), the baselines' plans among the candidates."""
     t0 = time.perf_counter()
-    best, stats = search(graph, cost, objective, evaluate, baselines, budget)
+    best, stats = search(graph, cost, objective, evaluate_ordered, baselines, budget)
     assert isinstance(best, Scored)
     # a baseline's plan may win: say who chose it on a copy, not on the baseline's
     return Scored(replace(best.plan, planner="lopinfer", candidates=stats.candidates,

@@ -42,7 +42,7 @@ from .builders import cut_plan, local_segments, offload_plan, partition, split_p
 from .cost import CostModel
 from .energy import Objective, score
 from .limit import _Model
-from .plan import NodeRows, Plan
+from .plan import CRITICAL, NodeRows, Plan
 from .wavefront import align, prefix_edges
 from .wavefront import merged as _merged
 
@@ -110,8 +110,9 @@ def retile(graph: Graph, plan: Plan, counts: Counts, *, min_rows: int = 1,
         d = (getattr(graph, "input_dims", {}) or {}).get(ref, default_dim(meta.shape))
         if d is not None and ref in in_tiles:
             edges[ref] = tuple(partition(meta.shape[d], in_tiles[ref], min_rows))
-    return replace(plan, name=name or f"{plan.name}~retiled", nodes=nodes, input_edges=edges,
-                   tiles=None)
+    base = plan.name.removesuffix(CRITICAL)  # new tiles: the scorer orders them anew
+    return replace(plan, name=name or f"{base}~retiled", nodes=nodes, input_edges=edges,
+                   tiles=None, ranks={})
 
 
 def _pairs(edges: list[int]) -> list[Interval]:

@@ -23,7 +23,7 @@ from .cost import CostModel
 from .order import ReadyQueue
 from .program import Program, Task, piece_bytes
 
-__all__ = ["Prediction", "simulate", "lower_bound", "peer_queue"]
+__all__ = ["Prediction", "simulate", "lower_bound", "peer_queue", "critical_ranks"]
 
 
 @dataclass
@@ -150,3 +150,30 @@ def lower_bound(prog: Program, cost: CostModel) -> float:
             wire = cost.transfer(t.peer, piece_bytes(prog.graph, t), t.value)[1]
             busy["up" if t.peer == "server" else "down"] += wire / cost.link_to(t.peer).bandwidth
     return max(busy.values())
+
+
+def critical_ranks(prog: Program, cost: CostModel) -> dict[str, tuple[float, ...]]:
+    """Each tile's critical path to the end of the inference (HEFT's upward rank): its
+    own cost plus the longest chain of work and transfers that waits on it, in seconds;
+    per node, in :attr:`~lopinfer.scheduler.plan.Plan.ranks`' order. Ordering ready tasks
+    by it, longest first, starts early what the outputs wait on longest (a server tile
+    whose rows still travel back, before one whose result is local)."""
+    tasks = prog.tasks
+    users: dict[int, list[int]] = {t.id: [] for t in tasks}
+    for t in tasks:
+        for d in t.deps:
+            users[d].append(t.id)
+    up: dict[int, float] = {}
+    for tid in reversed(prog.order):  # a valid order of all tasks: users come later
+        t = tasks[tid]
+        if t.kind == "recv":
+            st = cost.stages(t.peer, piece_bytes(prog.graph, t), t.value)
+            own = st.encode + st.wire + st.decode + cost.link_to(t.peer).latency
+        else:
+            own = task_cost(prog, t, cost)
+        up[tid] = own + max((up[u] for u in users[tid]), default=0.0)
+    ranks: dict[str, list[float]] = {}
+    for t in tasks:  # in id order: the order each node's tiles were made
+        if t.kind in ("tile", "whole"):
+            ranks.setdefault(t.value, []).append(up[t.id])
+    return {k: tuple(v) for k, v in ranks.items()}
