@@ -279,15 +279,19 @@ def assign_ranks(tasks: list[Task], ranks: Mapping[str, tuple[float, ...]]) -> N
             t.rank = tasks[t.deps[0]].rank + 0.25
 
 
-def with_ranks(prog: Program, ranks: Mapping[str, tuple[float, ...]]) -> Program:
+def with_ranks(prog: Program, ranks: Mapping[str, tuple[float, ...]], *,
+               orders: bool = True) -> Program:
     """``prog`` as :func:`compile_program` makes it for its plan with ``ranks`` (a copy;
-    ``prog`` is unchanged): what the planner scores before it chooses the ranks."""
+    ``prog`` is unchanged): what the planner scores before it chooses the ranks.
+    ``orders=False`` leaves out the one-process order and the chunk lifetimes, which
+    only a run needs (the simulator does not read them)."""
     tasks = [copy.copy(t) for t in prog.tasks]
     assign_ranks(tasks, ranks)
     out = Program(prog.graph, replace(prog.plan, ranks=dict(ranks)), tasks, prog.inputs,
                   prog.outputs)
-    out.order = single_process_order(out)
-    out.frees = lifetimes(out, out.order)
+    if orders:
+        out.order = single_process_order(out)
+        out.frees = lifetimes(out, out.order)
     return out
 
 

@@ -10,8 +10,10 @@ here, so a prediction follows the rules a run follows by construction, not by co
   With ``peer=None`` both peers' tasks run in one process and a ``recv`` is a plain
   handover that waits for its source task.
 - :func:`ready_key`: among ready tasks, those whose rows the other peer waits for go
-  first (the link starts early), then the deepest value (tiles stream through layers
-  and chunks are freed early), then the first rows, then the task id.
+  first (the link starts early), then the highest rank: by default the deepest value
+  (tiles stream through layers and chunks are freed early), or the tile's critical
+  path where the plan carries ranks (:attr:`~lopinfer.scheduler.plan.Plan.ranks`);
+  then the first rows, then the task id.
 - :class:`ReadyQueue`: the index and a heap by that key.
 """
 

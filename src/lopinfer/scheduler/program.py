@@ -45,8 +45,9 @@ class Read:
 
 @dataclass(slots=True)
 class Task:
-    """One step on one peer (see the module docstring); ``rank`` is its value's position
-    in the graph, which orders ready tasks (:mod:`lopinfer.scheduler.order`)."""
+    """One step on one peer (see the module docstring); ``rank`` orders ready tasks
+    (:mod:`lopinfer.scheduler.order`): its value's position in the graph, or the plan's
+    rank for the tile (:attr:`~lopinfer.scheduler.plan.Plan.ranks`)."""
 
     id: int
     peer: str

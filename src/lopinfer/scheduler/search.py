@@ -314,7 +314,7 @@ def _tile_search(graph: Graph, plan: Plan, cost: CostModel, b: Budget,
         return lambda p, name: retile(graph, p, counts, min_rows=min_rows, name=name)
 
     def at(label: str, tile: Callable[[Plan, str], Plan]) -> float:
-        s = consider(tile(plan, f"{plan.name}~{label}"))
+        s = consider(tile(plan, f"{plan.name.removesuffix(CRITICAL)}~{label}"))
         tried[label] = ((label, tile), s)
         return lat(s)
 
