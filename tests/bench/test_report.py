@@ -249,3 +249,13 @@ def test_limit_columns():
         assert r["limit_s"] == pytest.approx(0.010)
         assert r["x_limit"] == pytest.approx(r["p50_s"] / 0.010)
     assert "x limit" in report.table(rows)
+
+
+def test_one_limit_per_cell():
+    """A record's limit is capped by its plan's bound: a cell's rows all take the lowest,
+    so each method's p50 is a multiple of the same number."""
+    recs = [dict(r, limit_s=0.010 if r["method"] == "local" else 0.004) for r in records()]
+    rows = report.summarise(recs)
+    for r in rows:
+        assert r["limit_s"] == pytest.approx(0.004)
+        assert r["x_limit"] == pytest.approx(r["p50_s"] / 0.004)

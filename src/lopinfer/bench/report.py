@@ -132,10 +132,16 @@ def summarise(records: list[dict]) -> list[dict]:
         })
 
     for row in rows:
-        others = [o["p50_s"] for o in rows if o is not row and o["model"] == row["model"]
-                  and o["scenario"] == row["scenario"]]
+        cell = [o for o in rows if o["model"] == row["model"] and o["scenario"] == row["scenario"]]
+        others = [o["p50_s"] for o in cell if o is not row]
         if others and row["p50_s"] > 0:
             row["speedup_vs_best_other"] = min(others) / row["p50_s"]
+        # one limit per cell: a record's limit is capped by its own plan's bound, and
+        # every plan measured in the cell is a plan the limit is a lower bound for
+        limits = [o["limit_s"] for o in cell if o["limit_s"]]
+        if limits:
+            row["limit_s"] = min(limits)
+            row["x_limit"] = row["p50_s"] / row["limit_s"]
     return rows
 
 
