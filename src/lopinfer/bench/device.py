@@ -188,11 +188,6 @@ async def run(spec: dict) -> None:
             client.conn.add_observer(transfers)
             _say(f"{loaded.name}: ready in {time.perf_counter() - t0:.0f} s, "
                  f"{session.cost.info['probe']}")
-            # the physical limit at each shaped (dilated) rate, from the costs the planners
-            # used: deploy-time work, before the device slows down
-            assert session.cost is not None  # deployed with a server
-            limits = {r: physical_limit(graph, session.cost.with_bandwidth(r / dil, r / dil)).seconds
-                      for scen in spec["scenarios"] for r in scen["rates"]}
             # the plans measured are the full search's at every rate the scenarios meet,
             # not the quick one a deploy waits for (in a session the background search
             # replaces it within seconds; kapao's took longer than a short cell)
@@ -200,6 +195,14 @@ async def run(spec: dict) -> None:
             for i in sorted({book.nearest(r / dil) for scen in spec["scenarios"]
                              for r in scen["rates"]}):
                 await asyncio.to_thread(book.plans_at, i)
+            # the physical limit at each shaped (dilated) rate, from the costs the planners
+            # used: deploy-time work, before the device slows down. The planners' plans
+            # are among the plans it bounds (DADS's partition is no family of its own)
+            assert session.cost is not None  # deployed with a server
+            limits = {r: physical_limit(
+                graph, session.cost.with_bandwidth(r / dil, r / dil),
+                also=[s.plan for s in book.plans_at(book.nearest(r / dil)).values()]).seconds
+                for scen in spec["scenarios"] for r in scen["rates"]}
             control.throttle(True)
             _say(f"{loaded.name}: warm-up, one untimed inference per method")
             for method in methods:  # first calls pack weights and build executors
