@@ -100,8 +100,10 @@ def evaluate_ordered(graph: Graph, plan: Plan, cost: CostModel, objective: Objec
     if plan.ranks:
         plan = replace(plan, ranks={}, name=plan.name.removesuffix(CRITICAL))
     s = evaluate(graph, plan, cost, objective)
-    if not plan.uses_server() or (worth is not None and not worth(s.latency_s)):
+    if not plan.uses_server():
         return s  # one worker, nothing to wait for: the order cannot change the latency
+    if worth is not None and not worth(s.latency_s):
+        return s
     ranks = critical_ranks(_compiled(graph, plan), cost)
     ordered = replace(plan, ranks=ranks, name=plan.name + CRITICAL)
     prog = with_ranks(_compiled(graph, plan), ranks, orders=False)
