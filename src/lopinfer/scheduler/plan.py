@@ -86,6 +86,12 @@ class Plan:
         rows = self.nodes.get(node, NodeRows())
         return [p for p in PEERS if rows.on(p)]
 
+    @property
+    def base_name(self) -> str:
+        """The name without the critical-path order's suffix (a plan re-tiled or
+        re-scored from this one is ordered anew)."""
+        return self.name.removesuffix(CRITICAL)
+
     def is_local_only(self) -> bool:
         return all(not r.server for r in self.nodes.values())
 

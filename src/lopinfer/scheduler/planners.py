@@ -98,15 +98,16 @@ def evaluate_ordered(graph: Graph, plan: Plan, cost: CostModel, objective: Objec
     ``cost``. ``worth(latency)`` says whether a plan that latency first is worth the
     second simulation (default: always)."""
     if plan.ranks:
-        plan = replace(plan, ranks={}, name=plan.name.removesuffix(CRITICAL))
-    s = evaluate(graph, plan, cost, objective)
+        plan = replace(plan, ranks={}, name=plan.base_name)
+    base = _compiled(graph, plan)
+    s = _scored(plan, base, simulate(base, cost), cost, objective)
     if not plan.uses_server():
         return s  # one worker, nothing to wait for: the order cannot change the latency
     if worth is not None and not worth(s.latency_s):
         return s
-    ranks = critical_ranks(_compiled(graph, plan), cost)
+    ranks = critical_ranks(base, cost)
     ordered = replace(plan, ranks=ranks, name=plan.name + CRITICAL)
-    prog = with_ranks(_compiled(graph, plan), ranks, orders=False)
+    prog = with_ranks(base, ranks, orders=False)
     c = _scored(ordered, prog, simulate(prog, cost), cost, objective)
     return c if score(objective, c.latency_s, c.energy_j) < score(
         objective, s.latency_s, s.energy_j) else s

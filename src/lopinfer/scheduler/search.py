@@ -42,7 +42,7 @@ from .builders import cut_plan, local_segments, offload_plan, partition, split_p
 from .cost import CostModel
 from .energy import Objective, score
 from .limit import _Model
-from .plan import CRITICAL, NodeRows, Plan
+from .plan import NodeRows, Plan
 from .wavefront import align, prefix_edges
 from .wavefront import merged as _merged
 
@@ -110,9 +110,9 @@ def retile(graph: Graph, plan: Plan, counts: Counts, *, min_rows: int = 1,
         d = (getattr(graph, "input_dims", {}) or {}).get(ref, default_dim(meta.shape))
         if d is not None and ref in in_tiles:
             edges[ref] = tuple(partition(meta.shape[d], in_tiles[ref], min_rows))
-    base = plan.name.removesuffix(CRITICAL)  # new tiles: the scorer orders them anew
-    return replace(plan, name=name or f"{base}~retiled", nodes=nodes, input_edges=edges,
-                   tiles=None, ranks={})
+    # new tiles: the scorer orders them anew
+    return replace(plan, name=name or f"{plan.base_name}~retiled", nodes=nodes,
+                   input_edges=edges, tiles=None, ranks={})
 
 
 def _pairs(edges: list[int]) -> list[Interval]:
@@ -314,7 +314,7 @@ def _tile_search(graph: Graph, plan: Plan, cost: CostModel, b: Budget,
         return lambda p, name: retile(graph, p, counts, min_rows=min_rows, name=name)
 
     def at(label: str, tile: Callable[[Plan, str], Plan]) -> float:
-        s = consider(tile(plan, f"{plan.name.removesuffix(CRITICAL)}~{label}"))
+        s = consider(tile(plan, f"{plan.base_name}~{label}"))
         tried[label] = ((label, tile), s)
         return lat(s)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cost import CostModel
-from .order import ReadyQueue
+from .order import DependencyIndex, ReadyQueue
 from .program import Program, Task, piece_bytes
 
 __all__ = ["Prediction", "simulate", "lower_bound", "peer_queue", "critical_ranks"]
@@ -159,16 +159,13 @@ def critical_ranks(prog: Program, cost: CostModel) -> dict[str, tuple[float, ...
     by it, longest first, starts early what the outputs wait on longest (a server tile
     whose rows still travel back, before one whose result is local)."""
     tasks = prog.tasks
-    users: dict[int, list[int]] = {t.id: [] for t in tasks}
-    for t in tasks:
-        for d in t.deps:
-            users[d].append(t.id)
+    users = DependencyIndex(prog).users  # both peers: a recv is read after its source
     up: dict[int, float] = {}
     for tid in reversed(prog.order):  # a valid order of all tasks: users come later
         t = tasks[tid]
         if t.kind == "recv":
-            st = cost.stages(t.peer, piece_bytes(prog.graph, t), t.value)
-            own = st.encode + st.wire + st.decode + cost.link_to(t.peer).latency
+            own = (cost.transfer(t.peer, piece_bytes(prog.graph, t), t.value)[0]
+                   + cost.link_to(t.peer).latency)
         else:
             own = task_cost(prog, t, cost)
         up[tid] = own + max((up[u] for u in users[tid]), default=0.0)

@@ -22,7 +22,7 @@ from dataclasses import replace
 from ..graph import Graph, Node
 from ..graph.locality import default_dim
 from .builders import partition
-from .plan import CRITICAL, NodeRows, Plan
+from .plan import NodeRows, Plan
 
 __all__ = ["prefix_edges", "align", "merged"]
 
@@ -140,8 +140,8 @@ def align(graph: Graph, plan: Plan, steps: Steps, counts: Counts | None = None, 
         d = _input_dim(graph, ref)
         if d is not None:
             in_edges[ref] = tuple(partition(meta.shape[d], steps))
-    base = plan.name.removesuffix(CRITICAL)  # new tiles: the scorer orders them anew
-    return replace(plan, name=name or f"{base}~w{_count(steps)}", nodes=nodes,
+    # new tiles: the scorer orders them anew
+    return replace(plan, name=name or f"{plan.base_name}~w{_count(steps)}", nodes=nodes,
                    input_edges=in_edges, tiles=None, ranks={})
 
 
