@@ -180,6 +180,47 @@ def test_server_killed_mid_inference_finishes_locally():
     asyncio.run(main())
 
 
+def test_a_late_server_report_does_not_hold_up_a_complete_result(monkeypatch):
+    """The outputs are all in; the server's Done is held up on its way (a TCP tail loss
+    in the lab once held one 164 s): the exact result comes after the grace, without
+    the server's spans, and the next inference is unharmed."""
+    from lopinfer.runtime.protocol import Done
+    from lopinfer.transports import Connection
+
+    model, x = REFERENCE_NETS["vgg"]()
+    ref = reference(model, x)
+    send = Connection.send_message
+    held: list[asyncio.Event] = []
+
+    async def slow_first_done(self, msg, **kw):
+        if isinstance(msg, Done) and not held:  # only the server sends Done
+            held.append(asyncio.Event())
+            await asyncio.sleep(8.0)
+            await send(self, msg, **kw)
+            held[0].set()
+            return
+        await send(self, msg, **kw)
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            graph = lopinfer.capture(model, (x,))
+            async with connect(url, peer_timeout=60) as client:
+                session = await client.deploy(graph, None, plan=offload_plan(graph, 2))
+                monkeypatch.setattr(Connection, "send_message", slow_first_done)
+                assert_exact(await session.infer(x), ref)
+                report = session.last_report
+                assert held and not held[0].is_set()  # returned before the Done was sent
+                assert not report.fell_back and "came late" in report.reason
+                assert not any(e["peer"] == "server" for e in report.timeline)
+                assert_exact(await session.infer(x), ref)  # the late Done is ignored
+                report = session.last_report
+                assert held[0].is_set() and not report.fell_back and not report.reason
+                assert any(e["peer"] == "server" for e in report.timeline)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
 def test_wrong_token_is_refused_clearly(listen_url, arun):
     async def main():
         async with Server(token="s3cret") as server:

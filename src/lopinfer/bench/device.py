@@ -33,6 +33,7 @@ from ..scheduler.builders import local_plan
 from ..scheduler.limit import physical_limit
 from ..steady import FREEZE, set_stretch
 from ..transports import LinkShape
+from . import tcpstats
 from .transfers import TransferLog, link_spans
 
 __all__ = ["main"]
@@ -98,6 +99,13 @@ class ShapeControl:
 def control_k_target(control: Any, m: dict) -> bool:
     """Whether the device is stretched and knows the local time it must take."""
     return getattr(control, "device_model", "") == "stretch" and bool(m.get("target_s"))
+
+
+def _tcp(spec: dict) -> tuple[dict[str, int], dict[str, int]]:
+    """TCP counters of the device's namespace and the server's (the edge lab's peers
+    each own one; {} for a server sharing this namespace, which would count twice)."""
+    pid = spec.get("server_pid")
+    return tcpstats.read(), tcpstats.read(pid) if pid else {}
 
 
 def _say(text: str) -> None:
@@ -222,9 +230,11 @@ async def run(spec: dict) -> None:
                     order = methods[rep % len(methods):] + methods[:rep % len(methods)]
                     for method in order:
                         await session.use_planner(method)
+                        tcp0 = _tcp(spec)
                         t0_ns = time.perf_counter_ns()
                         y = await session.infer(x)
                         report = session.last_report
+                        tcp1 = _tcp(spec)
                         report.timeline += link_spans(transfers.since(t0_ns), t0_ns, rate / dil)
                         exact = compare(method, y, ref).exact  # every output, invariant 1
                         rec = _record(spec, loaded.name, method, scen, rate, rep, report, exact)
@@ -235,6 +245,9 @@ async def run(spec: dict) -> None:
                         rec["device_share"] = m.get("device_share")
                         rec["device_model"] = spec.get("device_model", "userspace")
                         rec["stretch"] = m.get("stretch")
+                        # TCP's loss recovery meanwhile: the device's sends, the server's
+                        rec["tcp_up"] = tcpstats.delta(tcp0[0], tcp1[0])
+                        rec["tcp_down"] = tcpstats.delta(tcp0[1], tcp1[1])
                         with out.open("a") as f:
                             f.write(json.dumps(rec) + "\n")
                         _say(f"{loaded.name} {scen['name']} rep {rep} {method}: "

@@ -240,6 +240,7 @@ def run_args(args: argparse.Namespace) -> int:
                                       env=server_env, stdout=subprocess.PIPE, text=True)
             _wait_listening(server)
             spec["server"] = "tcp://10.77.0.2:7700"
+            spec["server_pid"] = server.pid  # its namespace's TCP counters (bench.tcpstats)
             _drive(lab, spec, out, cache, total)
     else:
         server = subprocess.Popen(_serve_argv("tcp://127.0.0.1:0"), env=_env(cache / "server"),

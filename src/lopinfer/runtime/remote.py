@@ -31,6 +31,14 @@ __all__ = ["InFlight", "run_remote", "tile_frame"]
 
 log = logger("client")
 
+# Once the client holds every output, the server's Done brings only its spans and link
+# samples; it follows the last piece on the same stream, so it is normally there at
+# once. A result that is complete and exact waits for it at most this long (seconds, or
+# this share of the time the inference has taken, whichever is longer): in the edge lab
+# a Done once came 164 s after the outputs.
+DONE_GRACE_S = 2.0
+DONE_GRACE_SHARE = 0.25
+
 
 def tile_frame(task: Task, piece: torch.Tensor, inference_id: int, session_id: int = 0) -> Frame:
     """The frame that carries ``piece``, the output of ``task``, to the other peer."""
@@ -50,8 +58,9 @@ class InFlight:
         self.client_done = loop.create_future()
         self.server_done = loop.create_future()
         self.failure: str | None = None
-        self.last_progress = time.monotonic()
+        self.started = self.last_progress = time.monotonic()
         self.run: PeerRun | None = None
+        self.server_late = False  # the outputs came, the server's Done did not in time
         self.frames_up = self.frames_down = 0
         self.server_spans: list[list[float]] = []
         self.server_busy = 0.0
@@ -98,7 +107,9 @@ class InFlight:
         assert self.run is not None
         moved = program.bytes_moved()
         spans = self.run.spans
+        late = "the server's end-of-run report came late: its spans are missing"
         return Report(latency_s=latency, plan=plan_name, bytes_up=moved["up"],
+                      reason=late if self.server_late else "",
                       bytes_down=moved["down"], frames_up=self.frames_up,
                       frames_down=self.frames_down, client_busy_s=busy_s(spans),
                       server_busy_s=self.server_busy,
@@ -157,12 +168,25 @@ async def run_remote(client: Client, program: Bound, plan_id: int,
 
 
 async def _wait(client: Client, flight: InFlight) -> None:
-    """Wait for both peers; the run fails when the server stops making progress."""
+    """Wait for both peers; the run fails when the server stops making progress. Once
+    the client's share is done (it holds every output), the server's Done is waited
+    for only a grace (``DONE_GRACE_S``, ``DONE_GRACE_SHARE``)."""
     timeout = client.peer_timeout
     for fut in (flight.client_done, flight.server_done):
+        deadline = float("inf")
+        if fut is flight.server_done:
+            now = time.monotonic()
+            grace = max(DONE_GRACE_S, DONE_GRACE_SHARE * (now - flight.started))
+            deadline = now + grace
         while not fut.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                flight.server_late = True
+                log.warning("no end-of-run report from the server %.1f s after the outputs "
+                            "were in: the result is returned without the server's spans", grace)
+                return
             try:
-                await asyncio.wait_for(asyncio.shield(fut), timeout=min(timeout, 1.0))
+                await asyncio.wait_for(asyncio.shield(fut), timeout=min(timeout, 1.0, left))
             except asyncio.TimeoutError:
                 if time.monotonic() - flight.last_progress > timeout:
                     flight.link_lost(f"no data from the server for {timeout:g} s")
