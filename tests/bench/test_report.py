@@ -179,10 +179,10 @@ def test_table_has_every_row_sorted_and_aligned():
     lop = next(line for line in body if line.split()[:3] == ["vgg", FAST, "lopinfer"])
     # records without a limit show "-" in the limit columns
     assert lop.split()[3:] == ["30.00", "88.00", "0.300", "0.030", "0.150", "0.033", "3.000",
-                               "33.00", "20.00", "-", "-", "0.67", "1.50x"]
+                               "33.00", "20.00", "-", "-", "0.67", "1.50x", "-"]
     local = next(line for line in body if line.split()[:3] == ["vgg", FAST, "local"])
     assert local.split()[7:9] == ["-", "-"]  # no wire bytes recorded
-    assert local.split()[10:] == ["-", "-", "-", "-", "-", "0.46x"]
+    assert local.split()[10:] == ["-", "-", "-", "-", "-", "0.46x", "-"]
     # Fixed width: every line of the header rule's length or less, columns line up.
     assert max(len(line) for line in lines) == len(lines[1])
     ends = {line.index("30.00") + 5 for line in body if "30.00" in line}
@@ -259,3 +259,16 @@ def test_one_limit_per_cell():
     for r in rows:
         assert r["limit_s"] == pytest.approx(0.004)
         assert r["x_limit"] == pytest.approx(r["p50_s"] / 0.004)
+
+
+def test_tcp_loss_recovery_summed_per_method():
+    rs = records()
+    for i, r in enumerate(x for x in rs if x["method"] == "offload"):
+        r["tcp_up"] = {"RetransSegs": i, "TCPTimeouts": 0}
+        r["tcp_down"] = {"RetransSegs": 2, "TCPTimeouts": 1 if i == 2 else 0}
+    got = rows_by_key(report.summarise(rs))
+    offload = got[("vgg", FAST, "offload")]
+    assert (offload["tcp_retrans"], offload["tcp_timeouts"]) == (0 + 1 + 2 + 3 * 2, 1)
+    assert got[("vgg", FAST, "local")]["tcp_retrans"] is None  # nothing counted: unknown, not 0
+    line = next(x for x in report.table(list(got.values())).splitlines() if "offload" in x)
+    assert line.endswith("9/1")

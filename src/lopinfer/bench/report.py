@@ -42,7 +42,7 @@ COLUMNS = (
     "model", "scenario", "method", "n", "rate_Bps", "p50_s", "p95_s",
     "mean_bytes_up", "mean_bytes_down", "mean_wire_up", "mean_wire_down", "energy_j",
     "predicted_s", "bound_s", "sequential_s", "limit_s", "x_limit", "pred_error", "overlap_eff", "fell_back", "plan",
-    "speedup_vs_best_other",
+    "speedup_vs_best_other", "tcp_retrans", "tcp_timeouts",
 )
 
 _GANTT_ROWS = ("client", "link-up", "server", "link-down")
@@ -90,7 +90,10 @@ def summarise(records: list[dict]) -> list[dict]:
     is missing, and not clamped, so a run slower than sequential shows negative;
     ``fell_back`` count; ``plan`` the most frequent plan name (first seen wins a tie);
     ``speedup_vs_best_other`` = the lowest p50 of the *other* methods on the same model and
-    scenario / this p50 (> 1: this method beats all others), None when it has no rival.
+    scenario / this p50 (> 1: this method beats all others), None when it has no rival;
+    ``tcp_retrans`` and ``tcp_timeouts``: TCP segments retransmitted and retransmission
+    timeouts over the rows' inferences, both directions (``bench.tcpstats``; None where
+    no record counted them).
     Raises ``ValueError`` if there are no records or a record lacks a latency.
     """
     if not records:
@@ -129,6 +132,8 @@ def summarise(records: list[dict]) -> list[dict]:
             "fell_back": sum(1 for r in rs if r.get("fell_back")),
             "plan": plans.most_common(1)[0][0] if plans else None,
             "speedup_vs_best_other": None,
+            "tcp_retrans": _tcp_total(rs, "RetransSegs"),
+            "tcp_timeouts": _tcp_total(rs, "TCPTimeouts"),
         })
 
     for row in rows:
@@ -305,19 +310,25 @@ def _fmt(v: Any, scale: float = 1.0, digits: int = 2, suffix: str = "") -> str:
     return "-" if v is None else f"{v * scale:.{digits}f}{suffix}"
 
 
+def _tcp_total(records: list[dict], name: str) -> int | None:
+    counted = [r[side] for r in records for side in ("tcp_up", "tcp_down") if r.get(side)]
+    return sum(int(c.get(name, 0)) for c in counted) if counted else None
+
+
 def table(rows: list[dict]) -> str:
     """A plain-text table of the rows, sorted by model, scenario, then p50; columns padded
     to their widest cell, numbers right-aligned, None shown as ``-``."""
     head = ("model", "scenario", "method", "p50 ms", "p95 ms", "raw MB up", "raw MB down",
             "wire MB up", "wire MB down", "energy J", "pred ms", "bound ms", "limit ms", "x limit", "overlap eff",
-            "speedup vs best other")
+            "speedup vs best other", "retrans/RTOs")
     body = [
         (r["model"], r["scenario"], r["method"], _fmt(r["p50_s"], 1e3), _fmt(r["p95_s"], 1e3),
          _fmt(r["mean_bytes_up"], 1e-6, 3), _fmt(r["mean_bytes_down"], 1e-6, 3),
          _fmt(r.get("mean_wire_up"), 1e-6, 3), _fmt(r.get("mean_wire_down"), 1e-6, 3),
          _fmt(r["energy_j"], digits=3), _fmt(r["predicted_s"], 1e3), _fmt(r["bound_s"], 1e3),
          _fmt(r.get("limit_s"), 1e3), _fmt(r.get("x_limit"), suffix="x"),
-         _fmt(r["overlap_eff"]), _fmt(r["speedup_vs_best_other"], suffix="x"))
+         _fmt(r["overlap_eff"]), _fmt(r["speedup_vs_best_other"], suffix="x"),
+         "-" if r.get("tcp_retrans") is None else f"{r['tcp_retrans']}/{r.get('tcp_timeouts')}")
         for r in sorted(rows, key=lambda r: (r["model"], r["scenario"], r["p50_s"]))
     ]
     widths = [max(len(c[i]) for c in [head, *body]) for i in range(len(head))]
