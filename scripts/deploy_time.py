@@ -2,9 +2,11 @@
 """How long a deploy takes: from ``deploy()`` of an already captured graph to the end of
 its first remote-capable inference, in loopback (a server in a child process, TCP).
 
-Three cases, each in a fresh server unless said (issue 12's targets in brackets):
+Four cases, each in a fresh server unless said (issue 12's targets in brackets):
   cold         empty cache on both peers: weights upload, both profiles, probe, plan [<= 10 s]
-  profiles     profiles cached on both peers, plan books not                         [<= 3 s]
+  profiles     profiles cached on both peers, plan books not; the weights uploaded   [<= 3 s]
+  restart      as profiles, the server restarted with the deployment in its model
+               store (``lopinfer serve --store``): nothing uploaded                  [<= 3 s]
   second       the same model again on the same server: hash-only deploy, stored book [<= 1 s]
 
     scripts/deploy_time.py                 # vgg19_bn (built here: no torchvision needed)
@@ -47,7 +49,7 @@ def vgg19_bn(num_classes: int = 1000) -> nn.Module:
                          nn.Linear(4096, num_classes)).eval()
 
 
-async def one(graph, x, client=None) -> dict[str, float]:
+async def one(graph, x, client=None, store: str | None = None) -> dict[str, float]:
     from lopinfer.runtime import loopback
 
     async def measure(c) -> dict[str, float]:
@@ -63,12 +65,13 @@ async def one(graph, x, client=None) -> dict[str, float]:
 
     if client is not None:
         return await measure(client)
-    async with loopback("tcp") as c:
+    async with loopback("tcp", store=store) as c:
         return await measure(c)
 
 
 def run_cases(graph, x) -> list[tuple[str, dict]]:
-    """cold, profiles, second: each from a fresh cache (the server child inherits it)."""
+    """cold, profiles, restart, second: from a fresh cache (the server child inherits
+    it)."""
     from lopinfer.runtime import loopback
 
     cache = Path(tempfile.mkdtemp(prefix="lopinfer-deploy-"))
@@ -79,7 +82,10 @@ def run_cases(graph, x) -> list[tuple[str, dict]]:
 
         profiler._MEMO.clear()  # this process's profiles and hashes: cold means cold
         serialize._HASHES.clear()
-        rows = [("cold", asyncio.run(one(graph, x)))]
+        store = str(cache / "deployments")
+        rows = [("cold", asyncio.run(one(graph, x, store=store)))]  # the server stores it
+        shutil.rmtree(cache / "plans", ignore_errors=True)
+        rows.append(("restart", asyncio.run(one(graph, x, store=store))))
         shutil.rmtree(cache / "plans", ignore_errors=True)
 
         async def profiles_then_second():

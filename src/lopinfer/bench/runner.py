@@ -313,7 +313,8 @@ def _shape(text: str | None) -> list[int] | None:
 
 
 def _serve_argv(url: str) -> list[str]:
-    return [sys.executable, "-m", "lopinfer.runtime.serve", "--listen", url]
+    # a fresh server per run: a model store would only write to disk while it is timed
+    return [sys.executable, "-m", "lopinfer.runtime.serve", "--listen", url, "--store-bytes", "0"]
 
 
 def _env(cache: Path) -> dict[str, str]:

@@ -29,10 +29,14 @@ def _listen_url(transport: str) -> str:
 
 
 async def start_server_process(transport: str = "tcp", *, token_file: str | None = None,
-                               timeout: float = 120.0, threads: int = 0) -> tuple[Any, str]:
-    """Start ``python -m lopinfer.runtime.serve`` and return (process, its URL)."""
+                               timeout: float = 120.0, threads: int = 0,
+                               store: str | None = None) -> tuple[Any, str]:
+    """Start ``python -m lopinfer.runtime.serve`` and return (process, its URL).
+    ``store``: a folder to keep deployments in (``--store``); by default a loopback
+    server keeps nothing on disk."""
     args = [sys.executable, "-m", "lopinfer.runtime.serve", "--listen", _listen_url(transport),
             "--grace", "2"]
+    args += ["--store", store] if store else ["--store-bytes", "0"]
     if token_file:
         args += ["--token-file", token_file]
     if threads:
@@ -55,10 +59,11 @@ async def start_server_process(transport: str = "tcp", *, token_file: str | None
 
 
 @asynccontextmanager
-async def loopback(transport: str = "tcp", *, token: str = "", **client_options: Any
-                   ) -> AsyncIterator[Client]:
+async def loopback(transport: str = "tcp", *, token: str = "", store: str | None = None,
+                   **client_options: Any) -> AsyncIterator[Client]:
     """``async with loopback("tcp") as client``: a server in a child process on
-    127.0.0.1 (or shared memory), stopped on exit. ``client.server_process`` is it."""
+    127.0.0.1 (or shared memory), stopped on exit. ``client.server_process`` is it;
+    ``store``: the folder it keeps deployments in (none by default)."""
     token_file = None
     if token:
         import tempfile
@@ -66,7 +71,7 @@ async def loopback(transport: str = "tcp", *, token: str = "", **client_options:
         fd, token_file = tempfile.mkstemp(prefix="lopinfer-token-")
         os.write(fd, token.encode())
         os.close(fd)
-    proc, url = await start_server_process(transport, token_file=token_file)
+    proc, url = await start_server_process(transport, token_file=token_file, store=store)
     client = Client(url, token=token, **client_options)
     client.server_process = proc
     try:

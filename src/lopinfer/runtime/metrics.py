@@ -93,6 +93,8 @@ def metrics_text(server: Server) -> bytes:
     out.one("lopinfer_deploys", "counter", "Deployments (cached included)", s.deploys)
     out.one("lopinfer_deploys_cached", "counter", "Deployments served from cache",
             s.deploys_cached)
+    out.one("lopinfer_deploys_stored", "counter",
+            "Deployments read back from the model store (of the cached ones)", s.deploys_stored)
     out.one("lopinfer_deployments", "gauge", "Graphs in the cache", len(server.deployments))
     out.one("lopinfer_received_bytes", "counter", "Tile bytes received", s.bytes_in)
     out.one("lopinfer_sent_bytes", "counter", "Tile bytes sent", s.bytes_out)

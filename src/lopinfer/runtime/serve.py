@@ -19,7 +19,8 @@ from typing import Any
 
 from ..errors import LopInferError
 from ..log import logger
-from .limits import ServerLimits
+from .limits import GiB, ServerLimits
+from .model_store import ModelStore, default_store_dir
 from .server import Server
 
 __all__ = ["serve", "main", "add_arguments", "run_args", "load_models", "save_model"]
@@ -60,14 +61,17 @@ async def serve(urls: list[str], *, device: str = "cpu", token: str | None = Non
                 models: dict | None = None, grace: float = 10.0, name: str = "lopinfer",
                 ready: asyncio.Event | None = None, http: str | None = None,
                 limits: ServerLimits | None = None, ssl: Any = None,
-                announce: Callable[[str], None] | None = None) -> None:
+                announce: Callable[[str], None] | None = None,
+                store: ModelStore | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or until the task is cancelled); ``http`` is a
     HOST:PORT for ``/healthz``, ``/readyz`` and ``/metrics``; ``announce`` is told
     ``LOPINFER_LISTENING URL`` and ``LOPINFER_HTTP URL`` (the command prints them: a
-    parent process reads its server's ports from them)."""
+    parent process reads its server's ports from them); ``store`` keeps deployments
+    on disk across restarts."""
     from .http import HttpEndpoint
 
-    server = Server(device=device, token=token, models=models, name=name, limits=limits)
+    server = Server(device=device, token=token, models=models, name=name, limits=limits,
+                    store=store)
     endpoint = HttpEndpoint(server) if http else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -110,6 +114,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--token-file", help="file holding the token clients must present")
     p.add_argument("--models", help="folder of pre-deployed models (NAME.json + NAME.safetensors)")
+    p.add_argument("--store", default=None, metavar="DIR",
+                   help="keep every deployment here, so a restarted server needs no upload "
+                        "(default: $LOPINFER_CACHE/deployments, ~/.cache/lopinfer/deployments)")
+    p.add_argument("--store-bytes", type=int, default=8 * GiB,
+                   help="bytes the --store folder may hold, least recently used out "
+                        "(0: keep nothing on disk)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight work may finish")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--http", metavar="HOST:PORT", default=None,
@@ -201,11 +211,13 @@ def run_args(args: argparse.Namespace) -> int:
         ssl = _ssl_from_args(args)
         limits = limits_from_args(args)
         models = load_models(args.models) if args.models else None
+        store = (ModelStore(args.store or default_store_dir(), args.store_bytes)
+                 if args.store_bytes > 0 else None)
         from ..transports import run
 
         run(serve(args.listen or ["tcp://0.0.0.0:7700"], device=args.device, token=token,
                   models=models, grace=args.grace, http=args.http, limits=limits, ssl=ssl,
-                  announce=_stdout_line))
+                  announce=_stdout_line, store=store))
     except (LopInferError, OSError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -20,6 +20,7 @@ import asyncio
 import hmac
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,9 +39,11 @@ from ..graph import Graph
 from ..log import logger
 from ..transports import Connection, listen
 from .accounting import Accounts
-from .limits import ServerLimits, graph_bytes
+from .limits import ServerLimits, check_graph, graph_bytes
+from .model_store import ModelStore
 from .peer import DeviceWorker
 from .protocol import PROTOCOL_VERSION, Hello, Welcome
+from .server_deploy import check_devices, to_device
 from .server_session import ServerSession
 
 __all__ = ["Server", "ServerStats"]
@@ -56,6 +59,7 @@ class ServerStats:
     inferences_failed: int = 0
     deploys: int = 0
     deploys_cached: int = 0
+    deploys_stored: int = 0  # of the cached ones: read back from the model store
     bytes_in: int = 0
     bytes_out: int = 0
     latencies: list[float] = field(default_factory=list)
@@ -75,12 +79,16 @@ class Server:
         max_model_size: bytes of weights one deployment may upload (overrides ``limits``).
         limits: every other bound (cache and upload bytes, activations, FLOPs, plan
             size, compile time, in-flight inferences, idle and unauthenticated time).
+        store: deployments kept on disk (:class:`~.model_store.ModelStore`): each upload
+            is written there, and a hash-only deploy the memory cache misses is served
+            from it, so a restarted server needs no upload.
     """
 
     def __init__(self, *, device: str = "cpu", token: str | None = None, name: str = "lopinfer",
                  max_deployments: int = 32, max_sessions: int = 256,
                  hello_timeout: float | None = None, models: dict[str, Graph] | None = None,
-                 max_model_size: int | None = None, limits: ServerLimits | None = None) -> None:
+                 max_model_size: int | None = None, limits: ServerLimits | None = None,
+                 store: ModelStore | None = None) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise LopInferError(f"device {device!r}: no CUDA device is available")
@@ -104,6 +112,9 @@ class Server:
         self.deployments: OrderedDict[str, Graph] = OrderedDict(models or {})
         self.cache_used = sum(graph_bytes(g) for g in self.deployments.values())
         self.pending_upload = 0  # weight chunk bytes held by every session now
+        self.store = store
+        self._stored: dict[str, asyncio.Future] = {}  # hash -> its load from the store
+        self._saving: set[asyncio.Future] = set()  # writes to the store in flight
         self.compiling = threading.Event()  # set at close: compilations stop at once
         self.worker = DeviceWorker(f"lopinfer-{self.device.type}")
         self.copier = None
@@ -144,6 +155,8 @@ class Server:
         self.compiling.set()
         await asyncio.gather(*(lst.aclose(timeout=timeout) for lst in self.listeners),
                              return_exceptions=True)
+        if self._saving:  # a deployment half written is no use to the next server
+            await asyncio.wait(self._saving, timeout=timeout)
         self.worker.close()
 
     async def __aenter__(self) -> Server:
@@ -233,6 +246,47 @@ class Server:
         while self.cache_used > self.limits.cache_bytes or len(self.deployments) > self.max_deployments:
             _, old = self.deployments.popitem(last=False)
             self.cache_used -= graph_bytes(old)
+
+    async def from_store(self, key: str) -> Graph | None:
+        """The graph the model store keeps under ``key`` (read, checked against this
+        server's limits and cached), or None. Concurrent asks for one hash read it once."""
+        if self.store is None or key not in self.store:
+            return None
+        fut = self._stored.get(key)
+        if fut is None:
+            fut = self._stored[key] = asyncio.ensure_future(self._read_stored(key))
+            fut.add_done_callback(lambda _f: self._stored.pop(key, None))
+        return await asyncio.shield(fut)
+
+    async def _read_stored(self, key: str) -> Graph | None:
+        assert self.store is not None
+        t0 = time.perf_counter()
+        graph = await asyncio.to_thread(self.store.load, key)
+        if graph is None:
+            return None
+        try:  # this server's limits may be tighter than those it was stored under
+            check_devices(graph, self.device)
+            check_graph(graph, self.limits)
+        except LopInferError as exc:
+            log.info("model store: %s... not served: %s", key[:16], exc)
+            return None
+        if self.device.type != "cpu":
+            to_device(graph, self.device)
+        self.remember(key, graph)
+        self.stats.deploys_stored += 1
+        log.info("deployment %s... read from the model store in %.2f s", key[:16],
+                 time.perf_counter() - t0)
+        return graph
+
+    def keep(self, key: str, graph: Graph, text: str) -> None:
+        """Write a graph just uploaded (``key``: the hash this server computed) to the
+        model store, in the background."""
+        if self.store is None or self._closing:
+            return
+        params = dict(graph.params)  # as they are now: to_device may replace them
+        fut = asyncio.ensure_future(asyncio.to_thread(self.store.save, key, text, params))
+        self._saving.add(fut)
+        fut.add_done_callback(self._saving.discard)
 
     def __repr__(self) -> str:
         return (f"<Server {self.name!r} device={self.device} urls={self.urls} "

@@ -123,7 +123,10 @@ async def deployment(srv: Server, msg: Deploy, parts: list[torch.Tensor],
     """(graph, its hash, was cached) for a Deploy; the hash is always one this server
     computed from the bytes it received (a client's claim is only a lookup key)."""
     if not msg.graph_json:
-        return srv.deployments.get(msg.content_hash), msg.content_hash, True
+        graph = srv.deployments.get(msg.content_hash)
+        if graph is None:
+            graph = await srv.from_store(msg.content_hash)
+        return graph, msg.content_hash, True
     size = sum(p.numel() * p.element_size() for p in parts)
     if len(parts) != msg.weights_parts or size != msg.weights_size:
         raise ProtocolError(f"deploy announces {msg.weights_parts} weight parts of "
@@ -158,6 +161,7 @@ async def deployment(srv: Server, msg: Deploy, parts: list[torch.Tensor],
         return known, digest, True
     check_devices(graph, srv.device)
     check_graph(graph, srv.limits)
+    srv.keep(digest, graph, text)  # before to_device: its weights are still on the CPU
     if srv.device.type != "cpu":
         to_device(graph, srv.device)
     srv.remember(digest, graph)

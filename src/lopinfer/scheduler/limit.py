@@ -61,6 +61,7 @@ class Limit:
     best: Bound
     family_best: dict[str, float]
     plans: int
+    plan: Plan | None = None  # the plan whose bound is the limit (rows only: one tile each)
 
 
 def _merge(iv: list[Interval]) -> list[Interval]:
@@ -178,6 +179,7 @@ def physical_limit(graph: Graph, cost: CostModel, *, points: int = 6,
     that the limit is never above any plan they found)."""
     m = _Model(graph, cost)
     best: dict[str, Bound] = {}
+    plans: dict[str, Plan] = {}
     tried = 0
 
     def consider(family: str, plan: Plan) -> float:
@@ -185,7 +187,7 @@ def physical_limit(graph: Graph, cost: CostModel, *, points: int = 6,
         tried += 1
         b = m.bound(plan)
         if family not in best or b.seconds < best[family].seconds:
-            best[family] = b
+            best[family], plans[family] = b, plan
         return b.seconds
 
     for p in also:
@@ -212,5 +214,7 @@ def physical_limit(graph: Graph, cost: CostModel, *, points: int = 6,
                         j = min(range(fractions), key=vals.__getitem__)
                         _golden(f, max(0.0, grid[j] - 1 / fractions),
                                 min(1.0, grid[j] + 1 / fractions), steps=golden)
-    top = min(best.values(), key=lambda b: b.seconds)
-    return Limit(top.seconds, top, {k: v.seconds for k, v in best.items()}, tried)
+    family = min(best, key=lambda k: best[k].seconds)
+    top = best[family]
+    return Limit(top.seconds, top, {k: v.seconds for k, v in best.items()}, tried,
+                 plans[family])
