@@ -53,7 +53,8 @@ def fluid(graph, plan: Plan, free: CostModel) -> tuple[float, str]:
     obj = Objective()
     base = replace(plan, ranks={}, tiles=None, name=plan.base_name)
     tilings = {f"w{s}": (lambda p, s=s: align(graph, p, s)) for s in (8, 16, 32, 64)}
-    tilings |= {f"t{k}": (lambda p, k=k: retile(graph, p, lambda n, peer, rows: k))
+    tilings |= {f"t{k}": (lambda p, k=k: retile(graph, p, lambda n, peer, rows: k,
+                                                 name=f"{p.base_name}~t{k}"))
                 for k in (16, 64)}
     best = (float("inf"), "")
     for label, tile in tilings.items():
