@@ -95,3 +95,23 @@ def test_a_store_too_small_for_a_model_keeps_nothing(tmp_path):
     store = ModelStore(tmp_path, 1024)
     assert not store.save(content_hash(g), graph_to_json(g), g.params)
     assert store.entries() == []
+
+
+def test_the_stores_weights_file_is_safetensors_for_every_dtype(tmp_path):
+    """Written from the tensors' own memory, read back by safetensors itself, bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+
+    from lopinfer.graph.format import DTYPES
+    from lopinfer.runtime.model_store import write_safetensors
+
+    params = {f"p_{name}": (torch.randn(3, 5) * 100).to(dtype)
+              for name, dtype in DTYPES.items()}
+    params["empty"] = torch.zeros(0, 4)
+    params["strided"] = torch.randn(6, 4).t()  # not contiguous: written in logical order
+    write_safetensors(tmp_path / "w.safetensors", params)
+    back = load_file(str(tmp_path / "w.safetensors"))
+    assert back.keys() == params.keys()
+    for name, t in params.items():
+        assert back[name].dtype == t.dtype and back[name].shape == t.shape
+        assert torch.equal(back[name], t), name

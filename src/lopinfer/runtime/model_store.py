@@ -16,6 +16,7 @@ complete entry), so two servers may share one folder.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -29,7 +30,7 @@ from ..errors import LopInferError
 from ..graph import Graph
 from ..log import logger
 
-__all__ = ["ModelStore", "default_store_dir"]
+__all__ = ["ModelStore", "default_store_dir", "write_safetensors"]
 
 log = logger("server")
 
@@ -40,6 +41,37 @@ _STALE_TMP_S = 3600.0  # a temporary file this old belongs to a write that died
 def default_store_dir() -> Path:
     """``$LOPINFER_CACHE/deployments`` (default ``~/.cache/lopinfer/deployments``)."""
     return Path(os.environ.get("LOPINFER_CACHE", Path.home() / ".cache" / "lopinfer")) / "deployments"
+
+
+# safetensors' dtype names (its format spec), for the dtypes a graph may hold
+_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16",
+              torch.bfloat16: "BF16", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16",
+              torch.int32: "I32", torch.int64: "I64", torch.bool: "BOOL"}
+
+
+def write_safetensors(path: Path, params: Mapping[str, torch.Tensor]) -> None:
+    """``params`` as a safetensors file, each tensor's bytes written from where they
+    are: ``safetensors.torch.save_file`` first copies every tensor into one ``bytes``,
+    the model's size again in the server's memory. Read back by safetensors itself."""
+    header: dict[str, dict] = {}
+    offset = 0
+    flat = {}
+    for name, t in params.items():
+        t = t.detach().cpu().contiguous()
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + n]}
+        flat[name] = t
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for t in flat.values():
+            if t.numel():
+                f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+    # no fsync: an entry torn by a power cut no longer hashes to its name, and is deleted
 
 
 class ModelStore:
@@ -110,8 +142,6 @@ class ModelStore:
         ``params`` under ``digest``, a hash this server computed; older entries go when
         over ``max_bytes``. False when it was not kept (too big, or the disk refused).
         Blocking."""
-        from safetensors.torch import save_file
-
         paths = self._paths(digest)
         if paths is None:
             return False
@@ -126,8 +156,7 @@ class ModelStore:
             tag = f"{os.getpid()}.{threading.get_ident()}.tmp"
             tmp_w, tmp_j = self.folder / f".{weights.name}.{tag}", self.folder / f".{js.name}.{tag}"
             try:
-                save_file({k: v.detach().cpu().contiguous() for k, v in params.items()},
-                          str(tmp_w))
+                write_safetensors(tmp_w, params)
                 os.replace(tmp_w, weights)
                 tmp_j.write_text(text)
                 os.replace(tmp_j, js)  # last: a complete entry from here on
