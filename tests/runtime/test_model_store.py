@@ -115,3 +115,21 @@ def test_the_stores_weights_file_is_safetensors_for_every_dtype(tmp_path):
     for name, t in params.items():
         assert back[name].dtype == t.dtype and back[name].shape == t.shape
         assert torch.equal(back[name], t), name
+
+
+@pytest.mark.parametrize("damage", ["weights", "json"])
+def test_an_unreadable_entry_is_deleted_and_the_model_uploaded(tmp_path, damage):
+    model, x = REFERENCE_NETS["resnet"]()
+    store = ModelStore(tmp_path, 1 << 30)
+
+    async def main():
+        await _deploy_and_infer(store, model, x)
+        (js,) = tmp_path.glob("*.json")
+        target = js if damage == "json" else js.with_suffix(".safetensors")
+        target.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not it}" if damage == "weights"
+                           else b'{"format": "something else"}')
+        again = await _deploy_and_infer(store, model, x)  # exact: asserted inside
+        assert again.deploys_stored == 0 and again.deploys_cached == 0
+        assert js.stem in store  # uploaded again, and kept afresh
+
+    asyncio.run(main())

@@ -118,12 +118,20 @@ class ModelStore:
         js, weights = paths
         try:
             text = js.read_text()
-            graph = graph_from_json(text, load_file(str(weights)))
-            got = content_hash(graph)
-        except FileNotFoundError:
+            params = load_file(str(weights))
+        except OSError as exc:  # gone, or the disk failed now: the entry may still be good
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("model store: %s... not read (%s)", digest[:16], exc)
             return None
-        except (LopInferError, OSError, ValueError, RuntimeError) as exc:  # safetensors' too
+        except Exception as exc:  # safetensors' own error types: not a weights file
             log.warning("model store: %s... unreadable (%s); deleted", digest[:16], exc)
+            self._delete(digest)
+            return None
+        try:
+            graph = graph_from_json(text, params)
+            got = content_hash(graph)
+        except LopInferError as exc:  # refused by this version's checks, or not a graph
+            log.warning("model store: %s... refused (%s); deleted", digest[:16], exc)
             self._delete(digest)
             return None
         if got != digest:
