@@ -199,3 +199,34 @@ def test_the_client_profiles_on_the_example_so_ratios_are_the_datas(tmp_path, mo
     (name,) = [n for n in cost.client.lz4_ratio if "conv" not in n and "relu" not in n]
     assert cost.client.lz4_ratio[name] < 0.2  # the grid's, not random data's (~1.0)
     assert cost.server.lz4_ratio[name] > 0.9  # the server saw random data
+
+
+def test_plans_rescored_at_the_estimate_run_exactly():
+    """Between two grid points the session runs the best plan at the estimate once the
+    re-scorer has ranked them (after the choice that asked), every result exact."""
+    model, x = REFERENCE_NETS["unet"]()
+    ref = reference(model, x)
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            async with connect(url, link_shape=LinkShape(3e6, 3e6)) as client:
+                session = await client.deploy(model, (x,))
+                slow = session.cost.client.scaled(30, "slow-client")  # the server pays
+                session = await client.deploy(model, (x,), client_costs=slow)
+                reasons = []
+                for _ in range(4):
+                    assert_exact(await session.infer(x), ref)
+                    assert not session.last_report.fell_back
+                    reasons.append(session.last_report.plan_reason)
+                    await asyncio.to_thread(session.book.settle, 30)
+                return reasons, session
+
+    reasons, session = _run(main())
+    # (the deploy's own choice asked for the first ranking)
+    assert all("re-scored at the estimate" in r for r in reasons[1:]), reasons
+    # the plan run is the best at the estimate among the book's plans around it
+    book, choice = session.book, session.choice
+    objective, ranked = book.rescore("lopinfer", session.link_estimate(),
+                                     book.nearest(choice.grid_bandwidth))
+    assert choice.scored.latency_s <= ranked[0].latency_s * 1.011

@@ -200,6 +200,9 @@ async def run(spec: dict) -> None:
             # not the quick one a deploy waits for (in a session the background search
             # replaces it within seconds; kapao's took longer than a short cell)
             book = session.book
+            # a searching method's plan is re-scored at each estimate inside the choice,
+            # before the timed span starts, rather than by a thread beside a timed run
+            book.rescoring = "now"
             for i in sorted({book.nearest(r / dil) for scen in spec["scenarios"]
                              for r in scen["rates"]}):
                 await asyncio.to_thread(book.plans_at, i)

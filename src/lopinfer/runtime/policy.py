@@ -293,6 +293,7 @@ class AdaptivePolicy:
             store = BookStore(book_key(self.graph_hash, cost, self.objective, self.methods))
         book = PlanBook(self.graph, cost, self.objective, self.methods, grid=self.grid,
                         store=store)
+        book.wait_idle = FOREGROUND.wait_idle  # re-scoring at the estimate yields too
         if self.choice is not None:
             book.previous_bandwidth = self.choice.grid_bandwidth
         first = book.nearest(self.link_estimate(cost))
