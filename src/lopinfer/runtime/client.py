@@ -292,12 +292,21 @@ class Client:
     def tracking(self, flight: InFlight) -> Iterator[int]:
         """A new inference id, with what the server sends for it routed to ``flight``
         until the block ends."""
-        iid = next(self._ids)
-        self._runs[iid] = flight
+        iid = self.track(flight)
         try:
             yield iid
         finally:
-            self._runs.pop(iid, None)
+            self.untrack(iid)
+
+    def track(self, flight: InFlight) -> int:
+        """A new inference id; what the server sends for it goes to ``flight`` until
+        :meth:`untrack`."""
+        iid = next(self._ids)
+        self._runs[iid] = flight
+        return iid
+
+    def untrack(self, inference_id: int) -> None:
+        self._runs.pop(inference_id, None)
 
     def fell_back(self, inference_id: int, reason: str) -> None:
         """Remember that an inference finished locally, to tell the server when it is back."""

@@ -34,8 +34,8 @@ from .deploy import ServerPlans, upload_graph
 from .executor import TiledExecutor, check_inputs, pack_outputs
 from .policy import FOREGROUND, AdaptivePolicy
 from .program import Bound, compile_plan
-from .remote import run_remote
-from .report import Report, busy_s, timeline
+from .remote import LATE_REPORT, run_remote
+from .report import Report, busy_s, spans_from_wire, timeline
 from .staleness import ModelWatch
 
 if TYPE_CHECKING:
@@ -57,7 +57,9 @@ class Session:
         policy: the adaptive policy (cost model, plan book, link estimators).
         plan, program: the plan the next inference runs, compiled.
         remote: whether that plan uses the server.
-        last_report: what the last inference did (:class:`Report`).
+        last_report: what the last inference did (:class:`Report`); the server's spans
+            join it when its end-of-run report comes, after the result
+            (:meth:`report_complete` waits for that).
         refused: why the server refused this model ("" unless it did: then it runs here).
         redeploys: times the model's changed weights were deployed again.
     """
@@ -72,6 +74,7 @@ class Session:
         self.plan_id = 0  # the server's id of ``plan``
         self.remote = False
         self.last_report: Report | None = None
+        self._reporting: asyncio.Task | None = None  # completing last_report
         self.server_plans = ServerPlans()
         self._local: TiledExecutor | None = None
         # per plan (kept while the plan book keeps the plan): compiled programs and
@@ -246,6 +249,15 @@ class Session:
         """Stop background planning."""
         self.policy.close()
 
+    async def report_complete(self) -> Report | None:
+        """``last_report`` once it holds the server's spans and link samples: they come
+        in the server's end-of-run report, after the result (at most ``DONE_GRACE_S``
+        or a quarter of the inference's time later; benchmarks and tests wait here)."""
+        task = self._reporting
+        if task is not None:
+            await asyncio.shield(task)
+        return self.last_report
+
     async def _follow_model(self, inputs: tuple[torch.Tensor, ...]) -> None:
         """If the model's weights changed since deploy, capture and deploy it again (or
         raise, when strict): a plan must never mix old server weights with new ones."""
@@ -388,15 +400,37 @@ class Session:
         latency = time.perf_counter() - t0
         assert flight.run is not None
         outs = pack_outputs(self.graph, flight.run.outputs())
-        self.policy.feed(flight.up_samples, client.received.samples_since(t0_ns))
+        settled = flight.settled.done()
+        self.policy.feed(flight.up_samples if settled else [],
+                         client.received.samples_since(t0_ns))
         report = flight.report(program, plan.name, t0, latency)
         wire1 = _wire_counts(client.conn)
         # (a connection replaced meanwhile restarts its counters: never negative)
         report.wire_up, report.wire_down = (max(0, wire1[0] - wire0[0]),
                                             max(0, wire1[1] - wire0[1]))
         self.last_report = self.policy.annotate(report, plan)
-        self.policy.observe(self.last_report, program)
+        if settled:
+            self.policy.observe(report, program)
+        else:  # the server's Done is still on its way: the result does not wait for it
+            self._reporting = asyncio.create_task(self._complete(flight, report, program, plan))
         return outs
+
+    async def _complete(self, flight: Any, report: Report, program: Bound, plan: Plan) -> None:
+        """Add the server's spans and link samples to ``report`` when its Done comes
+        (or its grace runs out), and let the policy learn from them."""
+        try:
+            await asyncio.shield(flight.settled)
+            report.server_busy_s = flight.server_busy
+            report.timeline += timeline("server", spans_from_wire(flight.server_spans))
+            if flight.server_late:
+                report.reason = LATE_REPORT
+            self.policy.feed(flight.up_samples, [])
+            reason = report.plan_reason  # as chosen for this inference, not the next
+            self.policy.annotate(report, plan)
+            report.plan_reason = reason
+            self.policy.observe(report, program)
+        except Exception as exc:  # a report left incomplete costs nothing else
+            log.warning("completing the report of an inference failed: %s", exc)
 
     def __repr__(self) -> str:
         return (f"<Session {self.graph.name!r} plan={self.plan.name if self.plan else None!r} "

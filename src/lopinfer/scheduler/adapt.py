@@ -211,7 +211,7 @@ class PlanBook:
         with self._lock:  # as planned now: a quick point's full search is the filler's job
             scored = self._plans[index][method]
         grid_bw = self.grid[index]
-        at_estimate = self._at_estimate(method, bandwidth, index, scored)
+        at_estimate = self._at_estimate(method, bandwidth, index)
         if at_estimate is not None:
             scored = at_estimate
         prev = self._running.get(method)
@@ -234,11 +234,11 @@ class PlanBook:
 
     # -- re-scoring at the estimate ---------------------------------------------------
     def _estimate_key(self, method: str, bandwidth: float, index: int) -> tuple:
-        q = ESTIMATE_STEP ** round(math.log(bandwidth) / math.log(ESTIMATE_STEP))
-        return (method, q, index, self._version)
+        """(method, quantum: the estimate is ESTIMATE_STEP ** quantum, point, version)"""
+        quantum = round(math.log(bandwidth) / math.log(ESTIMATE_STEP))
+        return (method, quantum, index, self._version)
 
-    def _at_estimate(self, method: str, bandwidth: float, index: int,
-                     planned: Scored) -> Scored | None:
+    def _at_estimate(self, method: str, bandwidth: float, index: int) -> Scored | None:
         """The plan ``method`` runs at the estimate (None: the grid point's, as planned):
         the best re-scored candidate, unless the one running is within :data:`STICK`."""
         info = registered().get(method)
@@ -255,10 +255,9 @@ class PlanBook:
             self._submit(key, (method, bandwidth, index))
             # meanwhile the ranking of the next quantum, if there is one: an estimate
             # that wobbles across a quantum's edge does not flap back to the grid's plan
-            m, q, i, v = key
+            m, n, i, v = key
             with self._lock:
-                hit = (self._rescored.get((m, q * ESTIMATE_STEP, i, v))
-                       or self._rescored.get((m, q / ESTIMATE_STEP, i, v)))
+                hit = self._rescored.get((m, n + 1, i, v)) or self._rescored.get((m, n - 1, i, v))
         if hit is None or not hit[1]:
             return None
         objective, ranked = hit
@@ -277,7 +276,7 @@ class PlanBook:
         method's plan at grid point ``index`` and at the ready points either side of
         the estimate, simulated there (cached; None: nothing to re-score)."""
         key = self._estimate_key(method, bandwidth, index)
-        q = key[1]
+        q = ESTIMATE_STEP ** key[1]
         ready = self.ready()
         below = [i for i in ready if self.grid[i] <= q]
         above = [i for i in ready if self.grid[i] >= q]
