@@ -202,7 +202,7 @@ async def run(spec: dict) -> None:
             book = session.book
             # a searching method's plan is re-scored at each estimate inside the choice,
             # before the timed span starts, rather than by a thread beside a timed run
-            book.rescoring = "now"
+            book.rescoring = session.policy.rescoring = "now"  # (a re-made book too)
             for i in sorted({book.nearest(r / dil) for scen in spec["scenarios"]
                              for r in scen["rates"]}):
                 await asyncio.to_thread(book.plans_at, i)

@@ -192,6 +192,9 @@ class AdaptivePolicy:
         self.timings: dict[str, float] = {}
         self._warm: set[int] = set()  # programs run once already
         self.limits: dict[int, float] = {}  # id(cost model) -> its physical limit (s)
+        # how each book re-scores plans at the estimate (PlanBook.rescoring): benchmarks
+        # set "now", so that no thread runs beside a timed inference, books made again too
+        self.rescoring = "background"
 
     def reset(self, graph: Graph) -> None:
         """Forget what was planned: ``graph`` has another structure (the estimators
@@ -294,6 +297,7 @@ class AdaptivePolicy:
         book = PlanBook(self.graph, cost, self.objective, self.methods, grid=self.grid,
                         store=store)
         book.wait_idle = FOREGROUND.wait_idle  # re-scoring at the estimate yields too
+        book.rescoring = self.rescoring
         if self.choice is not None:
             book.previous_bandwidth = self.choice.grid_bandwidth
         first = book.nearest(self.link_estimate(cost))
