@@ -19,11 +19,9 @@ their jobs: ``session.py``, ``policy.py``, ``deploy.py``, ``remote.py``, ``repor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 import warnings
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -288,16 +286,6 @@ class Client:
             return False
 
     # -- inferences in flight -------------------------------------------------------------
-    @contextlib.contextmanager
-    def tracking(self, flight: InFlight) -> Iterator[int]:
-        """A new inference id, with what the server sends for it routed to ``flight``
-        until the block ends."""
-        iid = self.track(flight)
-        try:
-            yield iid
-        finally:
-            self.untrack(iid)
-
     def track(self, flight: InFlight) -> int:
         """A new inference id; what the server sends for it goes to ``flight`` until
         :meth:`untrack`."""

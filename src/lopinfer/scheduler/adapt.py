@@ -127,7 +127,7 @@ class PlanBook:
         self._rescored: OrderedDict[tuple, tuple[Objective, list[Scored]]] = OrderedDict()
         self._running: dict[str, Scored] = {}  # each method's last choice
         self._queued: set[tuple] = set()
-        self._jobs: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
 
     def cost_at(self, up: float) -> CostModel:
@@ -286,14 +286,14 @@ class PlanBook:
         plans = {id(s.plan): s.plan for plans in sets for s in plans.values()}
         cost = self.cost_at(q)
         objective = self.objective
+        if method == "lopinfer-energy" and not any("offload" in p for p in sets):
+            return None  # its deadline is offload's latency at the estimate
+        # a Scored depends on the objective's device profile only: each plan once
+        scored = {k: self._evaluate(p, cost, objective) for k, p in plans.items()}
         if method == "lopinfer-energy":  # its goal: the least energy no slower than offload
-            offload = [s.plan for plans in sets for m, s in plans.items() if m == "offload"]
-            if not offload:
-                return None
-            deadline = min(self._evaluate(p, cost, objective).latency_s for p in offload)
+            deadline = min(scored[id(p["offload"].plan)].latency_s for p in sets if "offload" in p)
             objective = Objective("energy", deadline, objective.profile)
-        ranked = sorted((self._evaluate(p, cost, objective) for p in plans.values()),
-                        key=lambda s: score(objective, s.latency_s, s.energy_j))
+        ranked = sorted(scored.values(), key=lambda s: score(objective, s.latency_s, s.energy_j))
         with self._lock:
             self._rescored[key] = (objective, ranked)
             while len(self._rescored) > _RESCORED_MAX:
@@ -341,8 +341,6 @@ class PlanBook:
                         self._worker = None
                         return
                 continue
-            if job is None:
-                return
             key, args = job
             try:
                 self.rescore(*args)
