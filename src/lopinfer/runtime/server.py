@@ -121,6 +121,11 @@ class Server:
         if self.device.type == "cuda":
             from .cuda import DeviceCopier
 
+            # PyTorch runs float32 convolutions in TF32 on CUDA by default (10-bit
+            # mantissas): vgg19_bn's offload then differed from the unsplit model past
+            # the float32 tolerance (scripts/cuda_check, H200, 2026-12-04)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
             self.copier = DeviceCopier(self.device)
         self.stats = ServerStats()
         self.acct = Accounts()  # per-session/deployment counters and the INFO log
