@@ -210,10 +210,11 @@ def test_a_late_server_report_does_not_hold_up_a_complete_result(monkeypatch):
                 session = await client.deploy(graph, None, plan=offload_plan(graph, 2))
                 monkeypatch.setattr(Connection, "send_message", slow_first_done)
                 assert_exact(await session.infer(x), ref)
-                assert held and not held[0].is_set()  # returned before the Done was sent
+                # returned before the Done went out (under load, before it was even sent)
+                assert not held or not held[0].is_set()
                 assert not session._reporting.done()  # ... and before the grace ran out
                 report = await session.report_complete()
-                assert not held[0].is_set()  # the report gave up after the grace
+                assert held and not held[0].is_set()  # the report gave up after the grace
                 assert not report.fell_back and "came late" in report.reason
                 assert not any(e["peer"] == "server" for e in report.timeline)
                 assert_exact(await session.infer(x), ref)  # the late Done is ignored
