@@ -77,3 +77,69 @@ def test_a_profile_asked_by_a_malformed_hash_is_refused(bad):
                 assert "no profile kept" in (await peer.recv_until(Error)).message
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_the_switch_interval_is_short_only_while_some_upload_holds_it():
+    import sys
+    import threading
+
+    from lopinfer.runtime.gil import IO_SWITCH_INTERVAL_S, responsive_io
+
+    before = sys.getswitchinterval()
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other_holder():
+        with responsive_io():
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other_holder)
+    try:
+        with responsive_io():
+            assert sys.getswitchinterval() == min(before, IO_SWITCH_INTERVAL_S)
+            t.start()
+            assert inside.wait(10)
+        # the other holder still holds it: not restored under it
+        assert sys.getswitchinterval() == min(before, IO_SWITCH_INTERVAL_S)
+    finally:
+        release.set()
+        t.join(10)
+    assert sys.getswitchinterval() == before  # the last one out restored it
+    sys.setswitchinterval(0.0001)  # a caller's shorter interval is never raised
+    try:
+        with responsive_io():
+            assert sys.getswitchinterval() == pytest.approx(0.0001, abs=2e-6)
+        assert sys.getswitchinterval() == pytest.approx(0.0001, abs=2e-6)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_the_weights_go_up_with_a_short_switch_interval(monkeypatch):
+    import sys
+
+    from lopinfer.runtime import deploy
+    from lopinfer.runtime.gil import IO_SWITCH_INTERVAL_S
+
+    model, x = REFERENCE_NETS["vgg"]()
+    graph = lopinfer.capture(model, (x,))
+    seen = []
+    real = deploy.Frame
+
+    def recording_frame(*a, **k):
+        seen.append(sys.getswitchinterval())
+        return real(*a, **k)
+
+    monkeypatch.setattr(deploy, "Frame", recording_frame)
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start(TCP)
+            async with connect(url, strict=True) as client:
+                session = await client.deploy(graph, None, progress=False, planner="offload")
+                assert_exact(await session.infer(x), reference(model, x))
+
+    before = sys.getswitchinterval()
+    asyncio.run(main())
+    assert seen and all(s <= IO_SWITCH_INTERVAL_S for s in seen)
+    assert sys.getswitchinterval() == before

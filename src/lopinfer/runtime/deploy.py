@@ -12,6 +12,7 @@ from ..errors import UnknownDeploymentError
 from ..graph import Graph
 from ..scheduler.plan import Plan
 from ..transports import Frame
+from .gil import responsive_io
 from .protocol import FRAME_WEIGHTS, WEIGHTS_PART, Deploy, Deployed, PlanReady, UsePlan
 
 if TYPE_CHECKING:
@@ -40,11 +41,13 @@ async def upload_graph(client: Client, graph: Graph) -> Deployed:
         pass  # the content goes up
     # the parameters sent from where they are (views), kept by the server as received
     text, parts, digest = await asyncio.to_thread(pack_parts, graph, max_bytes=WEIGHTS_PART)
-    for i, part in enumerate(parts):
-        await client.send_frame(Frame(tensor=part, kind=FRAME_WEIGHTS, tensor_id=i))
     size = sum(p.numel() * p.element_size() for p in parts)
-    return await client.request(Deploy(graph_json=text, content_hash=digest,
-                                       weights_parts=len(parts), weights_size=size), Deployed)
+    with responsive_io():  # the loop feeds the socket while a planner may compute
+        for i, part in enumerate(parts):
+            await client.send_frame(Frame(tensor=part, kind=FRAME_WEIGHTS, tensor_id=i))
+        return await client.request(Deploy(graph_json=text, content_hash=digest,
+                                           weights_parts=len(parts), weights_size=size),
+                                    Deployed)
 
 
 class ServerPlans:
