@@ -226,6 +226,43 @@ def test_a_late_server_report_does_not_hold_up_a_complete_result(monkeypatch):
     asyncio.run(asyncio.wait_for(main(), 120))
 
 
+def test_a_garbled_server_report_costs_the_report_not_the_result(monkeypatch, caplog):
+    """A Done whose packed spans do not decode (not whole spans) is refused with one
+    warning: the exact result stands, the report lacks the server's spans."""
+    from lopinfer.runtime.protocol import Done
+    from lopinfer.transports import Connection
+
+    model, x = REFERENCE_NETS["vgg"]()
+    ref = reference(model, x)
+    send = Connection.send_message
+
+    async def garbled_done(self, msg, **kw):
+        if isinstance(msg, Done):
+            msg = Done(inference_id=msg.inference_id, spans=msg.spans + b"\x00",
+                       up_samples=msg.up_samples)
+        await send(self, msg, **kw)
+
+    async def main():
+        async with Server() as server:
+            (url,) = await server.start("tcp://127.0.0.1:0")
+            graph = lopinfer.capture(model, (x,))
+            async with connect(url, strict=True) as client:
+                session = await client.deploy(graph, None, plan=offload_plan(graph, 2))
+                assert_exact(await session.infer(x), ref)
+                report = await session.report_complete()
+                assert any(e["peer"] == "server" for e in report.timeline)
+                monkeypatch.setattr(Connection, "send_message", garbled_done)
+                assert_exact(await session.infer(x), ref)
+                report = await session.report_complete()
+                assert not report.fell_back and report.server_busy_s == 0
+                assert not any(e["peer"] == "server" for e in report.timeline)
+
+    with caplog.at_level("WARNING", logger="lopinfer"):
+        asyncio.run(asyncio.wait_for(main(), 120))
+    assert any("spans was refused" in r.getMessage() and "not whole" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_wrong_token_is_refused_clearly(listen_url, arun):
     async def main():
         async with Server(token="s3cret") as server:

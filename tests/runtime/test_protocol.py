@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 import lopinfer.errors as E
@@ -70,3 +71,41 @@ def test_a_refusal_is_raised_as_its_class():
                 assert client.connected  # a refused request does not end the session
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_done_spans_pack_to_twelve_bytes_each_and_back():
+    import math
+
+    from lopinfer.runtime.protocol import Done
+    from lopinfer.runtime.report import pack_spans, unpack_spans
+
+    t0 = 1000.0
+    spans = [("tile", (7 * i) % 2675, t0 + 0.001 * i, t0 + 0.001 * i + 0.0007)
+             for i in range(2675)]
+    data = pack_spans(spans, t0)
+    assert len(data) == 12 * len(spans)
+    back = unpack_spans(data)
+    assert [tid for _, tid, _, _ in back] == [tid for _, tid, _, _ in spans]
+    for (_, _, s, e), (_, _, s0, e0) in zip(back, spans, strict=True):
+        assert math.isclose(s, s0 - t0, rel_tol=1e-6, abs_tol=1e-6)
+        assert math.isclose(e - s, e0 - s0, rel_tol=1e-6)
+    old_style = len(encode_message(Done(inference_id=1)))  # the list of floats it replaced
+    rows = [[float(tid), s - t0, e - t0] for _, tid, s, e in spans]
+    import msgspec
+
+    assert len(data) + old_style < len(msgspec.msgpack.encode(rows)) / 2.2  # 2.3x smaller
+    assert unpack_spans(b"") == [] and pack_spans([], t0) == b""
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"\x00" * 13, "not whole"),
+    (np.array([-1], "<i4").tobytes() + np.zeros(2, "<f4").tobytes(), "out of range"),
+    (np.array([1], "<i4").tobytes() + np.array([np.nan, 0], "<f4").tobytes(), "not finite"),
+    (np.array([1], "<i4").tobytes() + np.array([0, -1], "<f4").tobytes(), "negative"),
+])
+def test_garbled_done_spans_are_refused(data, why):
+    from lopinfer.errors import ProtocolError
+    from lopinfer.runtime.report import unpack_spans
+
+    with pytest.raises(ProtocolError, match=why):
+        unpack_spans(data)

@@ -24,7 +24,8 @@ __all__ = ["PROTOCOL_VERSION", "Hello", "Welcome", "Deploy", "Deployed", "Workin
            "FRAME_WEIGHTS", "WEIGHTS_PART", "ProfileRequest", "Profiled", "ProbeRequest",
            "ProbeResult"]
 
-PROTOCOL_VERSION = 3  # 2: verified deploys, Working keep-alives; 3: weights as typed parts
+PROTOCOL_VERSION = 4  # 2: verified deploys, Working keep-alives; 3: weights as typed parts;
+# 4: Done's spans packed
 
 FRAME_TILE = 1  # Frame.kind of a row piece of an inference
 FRAME_PROBE = 2  # Frame.kind of a link probe (random bytes, measured and dropped)
@@ -154,11 +155,11 @@ class Infer(Message, tag="infer"):
 @register_message
 class Done(Message, tag="done"):
     """Server -> client: the server's share of ``inference_id`` is computed and sent.
-    ``spans`` are its compute spans as [task id, start, end] in seconds from ``Infer``."""
+    ``spans`` are its compute spans (task id, start, end in seconds from ``Infer``),
+    packed by ``report.pack_spans``; the client sums its busy time from them."""
 
     inference_id: int
-    spans: list[list[float]] = []
-    busy_s: float = 0.0
+    spans: bytes = b""
     up_samples: list[list[float]] = []  # [bytes, seconds] of the tiles it received
 
 

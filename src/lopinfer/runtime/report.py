@@ -10,7 +10,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Report", "timeline", "busy_s", "spans_to_wire", "spans_from_wire"]
+import numpy as np
+
+from ..errors import ProtocolError
+
+__all__ = ["Report", "timeline", "busy_s", "pack_spans", "unpack_spans"]
 
 Span = tuple[str, int, float, float]  # (kind, task id, start, end), as PeerRun records them
 
@@ -26,14 +30,47 @@ def busy_s(spans: Iterable[Span]) -> float:
     return sum(e - s for _, _, s, e in spans)
 
 
-def spans_to_wire(spans: Iterable[Span], t0: float) -> list[list[float]]:
-    """A peer's spans as ``Done.spans`` carries them: [task id, start, end] from ``t0``."""
-    return [[float(tid), s - t0, e - t0] for _, tid, s, e in spans]
+# Done.spans, packed: three little-endian columns of n values each, the task ids as
+# differences from the one before (int32: mostly small, so the transport's LZ4 takes
+# them down further), the starts from Infer and the durations (float32 seconds). 12
+# bytes a span, where msgpack lists of floats took about 30 (2675 spans: 79 kB).
+_SPAN_BYTES = 12
 
 
-def spans_from_wire(rows: Sequence[Sequence[float]]) -> list[Span]:
-    """``Done.spans`` back as spans (compute, relative to the inference's start)."""
-    return [("compute", int(tid), float(s), float(e)) for tid, s, e in rows]
+def pack_spans(spans: Sequence[Span], t0: float) -> bytes:
+    """A peer's spans as ``Done.spans`` carries them (times from ``t0``)."""
+    n = len(spans)
+    if not n:
+        return b""
+    tid = np.fromiter((s[1] for s in spans), dtype=np.int64, count=n)
+    start = np.fromiter((s[2] - t0 for s in spans), dtype=np.float64, count=n)
+    end = np.fromiter((s[3] - t0 for s in spans), dtype=np.float64, count=n)
+    return (np.diff(tid, prepend=0).astype("<i4").tobytes()
+            + start.astype("<f4").tobytes() + (end - start).astype("<f4").tobytes())
+
+
+def unpack_spans(data: bytes) -> list[Span]:
+    """``Done.spans`` back as spans (compute, relative to the inference's start).
+
+    Raises:
+        ProtocolError: not whole spans, a task id out of range, a time that is not a
+            finite number or a negative duration.
+    """
+    if len(data) % _SPAN_BYTES:
+        raise ProtocolError(f"Done spans of {len(data)} bytes are not whole "
+                            f"{_SPAN_BYTES}-byte spans")
+    n = len(data) // _SPAN_BYTES
+    if not n:
+        return []
+    tid = np.cumsum(np.frombuffer(data, "<i4", n, 0), dtype=np.int64)
+    start = np.frombuffer(data, "<f4", n, 4 * n).astype(np.float64)
+    dur = np.frombuffer(data, "<f4", n, 8 * n).astype(np.float64)
+    if tid.min() < 0 or tid.max() >= 1 << 31:
+        raise ProtocolError("Done spans name a task id out of range")
+    if not (np.isfinite(start).all() and np.isfinite(dur).all()) or (dur < 0).any():
+        raise ProtocolError("Done spans hold a time that is not finite, or a negative duration")
+    return [("compute", t, s, s + d)
+            for t, s, d in zip(tid.tolist(), start.tolist(), dur.tolist(), strict=True)]
 
 
 @dataclass

@@ -18,7 +18,7 @@ from .peer import PeerRun
 from .program import Bound, Task
 from .protocol import FRAME_TILE, Done, Infer, InferFailed
 from .remote import tile_frame
-from .report import busy_s, spans_to_wire
+from .report import pack_spans
 
 if TYPE_CHECKING:
     from .server import Server
@@ -104,8 +104,8 @@ class Inferences:
             srv.acct.inference(self.id, srv.stats.latencies[-1])
             del srv.stats.latencies[:-1000]
             samples = self.samples_since(start_ns)
-            await self.conn.send_message(Done(inference_id=iid, spans=spans_to_wire(run.spans, t0),
-                                              busy_s=busy_s(run.spans), up_samples=samples))
+            await self.conn.send_message(Done(inference_id=iid, spans=pack_spans(run.spans, t0),
+                                              up_samples=samples))
 
     def cancel(self) -> None:
         self.outbox.close()  # wakes the compute thread if it waits for room

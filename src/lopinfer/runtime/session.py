@@ -35,7 +35,7 @@ from .executor import TiledExecutor, check_inputs, pack_outputs
 from .policy import FOREGROUND, AdaptivePolicy
 from .program import Bound, compile_plan
 from .remote import LATE_REPORT, run_remote
-from .report import Report, busy_s, spans_from_wire, timeline
+from .report import Report, busy_s, timeline
 from .staleness import ModelWatch
 
 if TYPE_CHECKING:
@@ -421,7 +421,7 @@ class Session:
         try:
             await asyncio.shield(flight.settled)
             report.server_busy_s = flight.server_busy
-            report.timeline += timeline("server", spans_from_wire(flight.server_spans))
+            report.timeline += timeline("server", flight.server_spans)
             if flight.server_late:
                 report.reason = LATE_REPORT
             self.policy.feed(flight.up_samples, [])
