@@ -66,3 +66,24 @@ def test_limit_is_the_least_bound(graph):
     assert physical_limit(graph, _cost(graph, 2e9, 2e9), points=3, fractions=3).seconds <= lim.seconds
     slow = physical_limit(graph, _cost(graph, 1.0, 1.0), points=3, fractions=3)
     assert slow.seconds == pytest.approx(plan_bound(graph, local_plan(graph), cm).seconds)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_NETS))
+def test_every_cut_bounded_in_one_sweep_equals_its_own_bound(name):
+    """``_Model.cut_bounds`` (a difference array over the cut position) gives each cut
+    the bound ``plan_bound`` computes from the cut's rows, LZ4 on and off, both ways."""
+    from lopinfer.scheduler.limit import _Model
+
+    model, x = REFERENCE_NETS[name]()
+    g = lopinfer.capture(model, (x,))
+    for compression in ("off", "auto"):
+        cost = _cost(g, up=3e6, down=1e6)
+        cost.compression = compression
+        m = _Model(g, cost)
+        swept = m.cut_bounds()
+        assert len(swept) == len(g) + 1
+        for k in range(len(g) + 1):
+            one = m.bound(cut_plan(g, k, 1))
+            for resource in ("client", "server", "up", "down"):
+                assert getattr(swept[k], resource) == pytest.approx(
+                    getattr(one, resource), rel=1e-9, abs=1e-12), (k, resource)

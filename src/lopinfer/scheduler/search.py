@@ -40,8 +40,8 @@ from ..graph import Graph, Node
 from ..graph.locality import default_dim
 from .builders import cut_plan, local_segments, offload_plan, partition, split_plan
 from .cost import CostModel
-from .energy import Objective, score
-from .limit import _Model
+from .energy import Objective, device_energy, score
+from .limit import Bound, _Model
 from .plan import NodeRows, Plan
 from .wavefront import align, prefix_edges
 from .wavefront import merged as _merged
@@ -195,8 +195,19 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
         st.bounds += 1
         return m.bound(plan).seconds
 
+    def least_key(bd: Bound) -> tuple[float, float]:
+        """The least objective key any tiling of an assignment with bound ``bd`` can
+        have: the bound for latency; for energy, the device energy at the bound (each
+        resource's busy time is a lower bound and the energy grows with each), so the
+        assignments where the least energy lies come first, not the fastest ones."""
+        if latency_only:
+            return bd.seconds, 0.0
+        least = device_energy(bd.seconds, bd.client, bd.up, bd.down, objective.profile)
+        return score(objective, bd.seconds, least)
+
     # -- 1. assignments and their bounds ----------------------------------------------
-    cands: list[tuple[float, Plan, Callable[[float], Plan] | None]] = []
+    # (a cut's plan is made only if the branch and bound gets to it)
+    cands: list[tuple[tuple[float, float], Plan | int, Callable[[float], Plan] | None]] = []
 
     keys: set[tuple] = set()
 
@@ -207,13 +218,15 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
             return
         keys.add(k)
         try:
-            cands.append((bound(plan), plan, refit))
+            st.bounds += 1
+            cands.append((least_key(m.bound(plan)), plan, refit))
         except (PlanError, KeyError):
             pass
 
     add(offload_plan(graph, 1))
-    for k in range(1, len(graph)):
-        add(cut_plan(graph, k, 1))
+    cuts = m.cut_bounds()  # every cut's bound in one sweep
+    st.bounds += len(graph) - 1
+    cands += [(least_key(cuts[k]), k, None) for k in range(1, len(graph))]
     for s in list(pool):
         p = s.plan
         if p.uses_server() and p.kind not in ("offload", "cut"):
@@ -244,16 +257,20 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
     st.log.append(f"{len(cands)} assignments bounded in {time.perf_counter() - t0:.2f}s")
 
     # -- 2./3. branch and bound, tiles per node ---------------------------------------
+    # (energy grows with busy time only where computing draws more than idling)
+    energy_bounded = objective.profile.compute_w >= objective.profile.idle_w
     explored: list[tuple[float, Plan, Callable[[float], Plan] | None, Tiling]] = []
     waves = _Wavefronts(graph)
     # assignments in bound order while their bound can beat the best; the first few
     # also get wavefront tiles (the costliest candidates to simulate: only these)
-    for i, (bd, plan, refit) in enumerate(cands):
-        if latency_only and best is not None and bd >= key(best)[0]:
+    for i, (least, assignment, refit) in enumerate(cands):
+        if best is not None and (least[0] >= key(best)[0] if latency_only
+                                 else energy_bounded and least >= key(best)):
             st.pruned += len(cands) - i
             break
         if out_of_budget():
             break
+        plan = cut_plan(graph, assignment, 1) if isinstance(assignment, int) else assignment
         tiling, top = _tile_search(graph, plan, cost, b, consider, lat,
                                    waves if i < b.wavefronts else None)
         explored.append((lat(top), plan, refit, tiling))
