@@ -186,7 +186,8 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
         return math.inf if s is None else key(s)[0] + key(s)[1] * 1e-9  # type: ignore[arg-type]
 
     if b.grid:
-        grid(graph, pool, key, lambda p: consider(p, b.grid_share), lat)
+        grid(graph, pool, key, lambda p: consider(p, b.grid_share), lat,
+             spent=lambda: out_of_budget(b.grid_share))
         st.log.append(f"grid: {st.candidates} candidates in {time.perf_counter() - t0:.2f}s")
 
     m = _Model(graph, cost)
@@ -261,18 +262,27 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
     energy_bounded = objective.profile.compute_w >= objective.profile.idle_w
     explored: list[tuple[float, Plan, Callable[[float], Plan] | None, Tiling]] = []
     waves = _Wavefronts(graph)
-    # assignments in bound order while their bound can beat the best; the first few
-    # also get wavefront tiles (the costliest candidates to simulate: only these)
+    # offload first, then the assignments in bound order while their bound can beat
+    # the best; these first few get wavefront tiles (the costliest candidates to
+    # simulate: only these). Streaming offload is the plan a slow link most often calls
+    # for, and a cut's bound is loose (it assumes the device's rows pipeline with the
+    # upload): resnet152 at 21 MB/s with the lab's profiles ranked offload behind
+    # hundreds of cuts, explored 11 of them, predicted 3.5-4.7 s, and kept a cut at
+    # 2568 ms, where offload~w8 is 2510 ms.
+    head = [c for c in cands if isinstance(c[1], Plan) and c[1].kind == "offload"]
+    cands = head + [c for c in cands if not (isinstance(c[1], Plan) and c[1].kind == "offload")]
     for i, (least, assignment, refit) in enumerate(cands):
         if best is not None and (least[0] >= key(best)[0] if latency_only
                                  else energy_bounded and least >= key(best)):
+            if i < len(head):
+                continue  # offload's bound cannot win: the rest may
             st.pruned += len(cands) - i
             break
         if out_of_budget():
             break
         plan = cut_plan(graph, assignment, 1) if isinstance(assignment, int) else assignment
         tiling, top = _tile_search(graph, plan, cost, b, consider, lat,
-                                   waves if i < b.wavefronts else None)
+                                   waves if i < len(head) + b.wavefronts else None)
         explored.append((lat(top), plan, refit, tiling))
 
     # -- 4. fractions by the simulator for the best splits ----------------------------
@@ -360,29 +370,39 @@ def _tile_search(graph: Graph, plan: Plan, cost: CostModel, b: Budget,
 
 
 def grid(graph: Graph, pool: list, key: Callable, consider: Callable[[Plan], Any],
-         lat: Callable[[Any], float]) -> None:
+         lat: Callable[[Any], float], spent: Callable[[], bool] = lambda: False) -> None:
     """The previous ``lopinfer`` search, as the seed: cuts x 2, 4, 8 tiles for the whole
     graph, the best cut refined, splits of the 3 longest local segments (fraction by 6
     golden-section steps on the simulator, halos sent or recomputed, the server or the
-    client finishing, 1, 2 or 4 tiles)."""
+    client finishing, 1, 2 or 4 tiles). Once ``spent()``, no more plans are built (on
+    resnet152, building the plans its share had no time to score took 1.5 s more)."""
     n = len(graph)
     best_k = min(pool, key=key).plan.cut if pool else None
     cuts = sorted(set(range(0, n + 1, max(1, n // 24))) | ({best_k} if best_k is not None else set()))
     for tiles in (2, 4, 8):
         consider(offload_plan(graph, tiles, min_rows=2))
         for k in cuts:
+            if spent():
+                return
             consider(cut_plan(graph, k, tiles, min_rows=2))
     top = min(pool, key=key) if pool else None
     if top is not None and top.plan.kind == "cut" and top.plan.cut is not None:
         k0, t0 = top.plan.cut, top.plan.tiles or 4
         for k in range(max(0, k0 - n // 24), min(n, k0 + n // 24) + 1):
+            if spent():
+                return
             consider(cut_plan(graph, k, t0, min_rows=2))
     for start, stop in sorted(local_segments(graph), key=lambda s: s[0] - s[1])[:3]:
         for halo in ("send", "recompute"):
             for after in ("server", "client"):
                 for tiles in (1, 2, 4):
+                    if spent():
+                        return
+
                     def f(frac: float, start=start, stop=stop, halo=halo, after=after,
                           tiles=tiles) -> float:
+                        if spent():
+                            return math.inf
                         return lat(consider(split_plan(graph, frac, start, stop, tiles,
                                                        halo=halo, after=after, min_rows=2)))
                     _golden(f, 0.02, 0.98, steps=6, strict=True)
