@@ -24,7 +24,8 @@ compress it (judged at the value's full size: fine tiles are batched in the limi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..graph import Graph
@@ -154,7 +155,7 @@ class _Model:
         n = len(g)
         pos = {name: -1 for name in g.inputs}  # graph inputs: on the device at every cut
         work = {"client": [0.0] * n, "server": [0.0] * n}
-        wants: dict[str, list[tuple[int, Interval]]] = {}  # value -> (consumer, rows)
+        wants: dict[str, dict[int, list[Interval]]] = {}  # value -> consumer -> rows
         for i, node in enumerate(g):
             pos[node.name] = i
             for peer in ("client", "server"):
@@ -165,28 +166,25 @@ class _Model:
             if node.locality is None:
                 for ref in node.refs():
                     if ref in self.values:
-                        wants.setdefault(ref, []).append((i, (0, self.size[ref])))
+                        wants.setdefault(ref, {}).setdefault(i, []).append((0, self.size[ref]))
                 continue
             for dep, need in zip(node.locality.deps, node.locality.need(0, self.size[node.name])):
                 if dep.ref in self.values:
                     rng = need if need is not None else (0, self.size[dep.ref])
-                    wants.setdefault(dep.ref, []).append((i, rng))
+                    wants.setdefault(dep.ref, {}).setdefault(i, []).append(rng)
         up = [0.0] * (n + 2)  # difference arrays over k
         down = [0.0] * (n + 2)
-        for value, uses in wants.items():
-            p = pos.get(value)
-            if p is None:
-                continue
+        for value, uses in wants.items():  # every value is an input or a node's (pos)
             per_row = self.row_bytes[value] * self.wire["server"][value]
-            consumers = sorted({i for i, _ in uses})
+            consumers = sorted(uses)
             # rows the consumers at index >= consumers[j] need, from the last one back
             suffix: list[int] = []
             acc: list[Interval] = []
             for j in reversed(consumers):
-                acc = _merge(acc + [r for i, r in uses if i == j])
+                acc = _merge(acc + uses[j])
                 suffix.append(sum(b - a for a, b in acc))
             suffix.reverse()
-            lo = p + 1  # cuts after the producer: the value is on the device
+            lo = pos[value] + 1  # cuts after the producer: the value is on the device
             for j, user in enumerate(consumers):
                 # cuts k in [lo, user]: this consumer and the later ones are on the server
                 if user >= lo and suffix[j]:
@@ -253,23 +251,23 @@ def physical_limit(graph: Graph, cost: CostModel, *, points: int = 6,
     plans: dict[str, Plan] = {}
     tried = 0
 
-    def consider(family: str, plan: Plan) -> float:
+    def keep(family: str, b: Bound, make: Callable[[], Plan]) -> float:
         nonlocal tried
         tried += 1
-        b = m.bound(plan)
         if family not in best or b.seconds < best[family].seconds:
-            best[family], plans[family] = b, plan
+            best[family], plans[family] = b, make()
         return b.seconds
+
+    def consider(family: str, plan: Plan) -> float:
+        return keep(family, m.bound(plan), lambda: plan)
 
     for p in also:
         consider(p.kind, p)
     consider("local", local_plan(graph))
     consider("offload", offload_plan(graph, 1))
     cuts = m.cut_bounds()  # as m.bound(cut_plan(graph, k, 1)), in one sweep
-    for k in range(1, len(graph)):
-        tried += 1
-        if "cut" not in best or cuts[k].seconds < best["cut"].seconds:
-            best["cut"], plans["cut"] = cuts[k], cut_plan(graph, k, 1)
+    for k in range(1, len(graph)):  # a cut's plan is made only while it is the best
+        keep("cut", cuts[k], functools.partial(cut_plan, graph, k, 1))
     # the runs of local nodes with the most device work (as the planner's own search)
     runs = sorted(local_segments(graph), reverse=True, key=lambda r: sum(
         m.cost.client.task(n.name, m.size[n.name]) for n in graph.nodes[r[0]:r[1]]))

@@ -192,9 +192,9 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
 
     m = _Model(graph, cost)
 
-    def bound(plan: Plan) -> float:
+    def bound(plan: Plan) -> Bound:
         st.bounds += 1
-        return m.bound(plan).seconds
+        return m.bound(plan)
 
     def least_key(bd: Bound) -> tuple[float, float]:
         """The least objective key any tiling of an assignment with bound ``bd`` can
@@ -219,8 +219,7 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
             return
         keys.add(k)
         try:
-            st.bounds += 1
-            cands.append((least_key(m.bound(plan)), plan, refit))
+            cands.append((least_key(bound(plan)), plan, refit))
         except (PlanError, KeyError):
             pass
 
@@ -250,11 +249,15 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
                         if stop == hi and after == "client" and hi == len(graph):
                             continue  # nothing after the split: the same as after="server"
                         try:
-                            fb = _golden_grid(lambda x: bound(mk(x)), 4, 3)
+                            fb = _golden_grid(lambda x: bound(mk(x)).seconds, 4, 3)
                         except PlanError:
                             continue
                         add(mk(fb), mk)
-    cands.sort(key=lambda c: c[0])
+    def later(c: tuple) -> bool:  # offload's assignment goes first (below)
+        return not (isinstance(c[1], Plan) and c[1].kind == "offload")
+
+    cands.sort(key=lambda c: (later(c), c[0]))
+    head = sum(1 for c in cands if not later(c))
     st.log.append(f"{len(cands)} assignments bounded in {time.perf_counter() - t0:.2f}s")
 
     # -- 2./3. branch and bound, tiles per node ---------------------------------------
@@ -269,12 +272,10 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
     # upload): resnet152 at 21 MB/s with the lab's profiles ranked offload behind
     # hundreds of cuts, explored 11 of them, predicted 3.5-4.7 s, and kept a cut at
     # 2568 ms, where offload~w8 is 2510 ms.
-    head = [c for c in cands if isinstance(c[1], Plan) and c[1].kind == "offload"]
-    cands = head + [c for c in cands if not (isinstance(c[1], Plan) and c[1].kind == "offload")]
     for i, (least, assignment, refit) in enumerate(cands):
         if best is not None and (least[0] >= key(best)[0] if latency_only
                                  else energy_bounded and least >= key(best)):
-            if i < len(head):
+            if i < head:
                 continue  # offload's bound cannot win: the rest may
             st.pruned += len(cands) - i
             break
@@ -282,7 +283,7 @@ def search(graph: Graph, cost: CostModel, objective: Objective,
             break
         plan = cut_plan(graph, assignment, 1) if isinstance(assignment, int) else assignment
         tiling, top = _tile_search(graph, plan, cost, b, consider, lat,
-                                   waves if i < len(head) + b.wavefronts else None)
+                                   waves if i < head + b.wavefronts else None)
         explored.append((lat(top), plan, refit, tiling))
 
     # -- 4. fractions by the simulator for the best splits ----------------------------
