@@ -57,15 +57,24 @@ def test_a_stopped_background_search_ends_at_its_next_checkpoint(monkeypatch):
     from lopinfer.runtime import policy
     from lopinfer.scheduler import adapt, search
     from lopinfer.scheduler.adapt import PlanBook
+    from lopinfer.scheduler.builders import offload_plan
     from lopinfer.scheduler.cost import CostModel, Link, flop_costs
     from lopinfer.scheduler.energy import Objective
     from nets import REFERENCE_NETS
 
-    # a search that would run on for minutes
+    # a search that would run on for minutes: a budget of 600 s, and a seed that never
+    # ends by itself (the real one can finish within the second waited below on a
+    # quick machine, and then the point is stored whole)
     monkeypatch.setattr(adapt, "Budget", functools.partial(search.Budget, seconds=600.0,
                                                            candidates=10**9))
     model, x = REFERENCE_NETS["vgg"]()
     graph = lopinfer.capture(model, (x,))
+
+    def endless_seed(graph, pool, key, consider, lat, spent=lambda: False):
+        while True:
+            consider(offload_plan(graph, 2))
+
+    monkeypatch.setattr(search, "grid", endless_seed)
     cost = CostModel(flop_costs(graph, 1e9), flop_costs(graph, 2e10), Link(2e6), Link(2e6))
     book = PlanBook(graph, cost, Objective(), ("local", "offload", "lopinfer"), grid=[2e6])
     stop = threading.Event()
